@@ -1,0 +1,87 @@
+"""Run configurations: presets, methods, the config hash and the run id.
+
+A config is a flat dict of JSON values.  Everything that can change a run's result is in it
+(and so in its hash); where the data came from is recorded in the log, not hashed, because
+the local files and the hub give the same examples.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+
+from lora import INIT_METHODS
+
+from .tasks import UserError, get_task
+
+METHODS = ("full", *INIT_METHODS)
+
+# Fields every config has, with the value used when neither the preset nor the user sets one.
+# ``lr`` in a preset is {"lora": ..., "full": ...}: adapters and full fine-tuning need different rates.
+DEFAULTS = dict(
+    task="mrpc", method="random", preset="quick", seed=0,
+    model=None, rank=8, alpha=16.0, dropout=0.1, targets=["query", "value"], head=["classifier", "pooler"],
+    lr={"lora": 5e-4, "full": 5e-5}, epochs=3, batch_size=32, max_length=128, warmup_ratio=0.06, weight_decay=0.01,
+    evals_per_epoch=4, max_train_examples=None, group_by_length=True, svd_method="full", niter=4,
+)
+
+PRESETS: dict[str, dict] = {
+    # Seconds on a CPU, no downloads: a tiny RoBERTa built from a config and a BPE tokenizer
+    # trained on the task's own training text.  For tests and CI.
+    "smoke": dict(model="tiny-roberta", rank=4, alpha=8.0, dropout=0.0, batch_size=8, max_length=64,
+                  epochs=6, evals_per_epoch=2, weight_decay=0.0, lr={"lora": 2e-2, "full": 2e-3}),
+    # A laptop-CPU study on the bundled all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384).
+    # Per-task lr/epochs come from the learning-rate sweep in configs/sweep.yaml (see the book).
+    "quick": dict(model="bundled:all-MiniLM-L6-v2", lr={"lora": 5e-4, "full": 5e-5},
+                  tasks={"mrpc": {}, "rte": {}, "cola": {}}),
+    # The LoRA paper's RoBERTa-base GLUE setup (Hu et al. 2021, Table 9): r = 8 on query/value,
+    # alpha = 8 (their released scripts), max length 512, warmup 6 %, linear decay.  For a GPU.
+    "paper": dict(model="roberta-base", rank=8, alpha=8.0, dropout=0.0, max_length=512, warmup_ratio=0.06,
+                  weight_decay=0.1, head=["classifier"], evals_per_epoch=1,
+                  lr={"lora": 4e-4, "full": 1e-5},
+                  tasks={"mrpc": dict(lr={"lora": 4e-4}, epochs=30, batch_size=16),
+                         "rte": dict(lr={"lora": 5e-4}, epochs=80, batch_size=32),
+                         "cola": dict(lr={"lora": 4e-4}, epochs=80, batch_size=32)}),
+}
+
+# Keys that say where things are, not what the run is: kept out of the hash.
+UNHASHED = ("data_dir", "hub_id", "out_dir")
+
+
+def make_config(task: str = "mrpc", method: str = "random", preset: str = "quick", **overrides) -> dict:
+    """Resolve a full config: DEFAULTS < preset < preset's per-task values < explicit overrides."""
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+    if method not in METHODS:
+        raise UserError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    task_name = get_task(task).name
+    unknown = sorted(set(overrides) - set(DEFAULTS))
+    if unknown:
+        raise UserError(f"unknown config field(s) {', '.join(unknown)}; valid: {', '.join(sorted(DEFAULTS))}")
+    p = {k: v for k, v in PRESETS[preset].items() if k != "tasks"}
+    per_task = PRESETS[preset].get("tasks", {}).get(task_name, {})
+    cfg = {**DEFAULTS, **p, **per_task}
+    cfg["lr"] = {**DEFAULTS["lr"], **p.get("lr", {}), **per_task.get("lr", {})}["full" if method == "full" else "lora"]
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    cfg.update(task=task_name, method=method, preset=preset)
+    if method == "full":   # adapter fields do not apply; keep them out of the hash
+        for k in ("rank", "alpha", "dropout", "targets", "svd_method", "niter"):
+            cfg[k] = None
+    for k in ("lr", "alpha", "dropout", "warmup_ratio", "weight_decay"):
+        if cfg[k] is not None:
+            cfg[k] = float(cfg[k])
+    return cfg
+
+
+def config_hash(cfg: dict) -> str:
+    """sha256 of the canonical JSON of the hashed fields; the first 8 hex digits name the run."""
+    canon = json.dumps({k: cfg[k] for k in sorted(cfg) if k not in UNHASHED}, sort_keys=True)
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def run_id(cfg: dict) -> str:
+    """A readable id that cannot collide: ``mrpc-svd-r8-lr5e-4-s0-1a2b3c4d``."""
+    lr = np.format_float_scientific(cfg["lr"], trim="-", exp_digits=1)
+    rank = "" if cfg["method"] == "full" else f"-r{cfg['rank']}"
+    return f"{cfg['task']}-{cfg['method'].replace('_', '')}{rank}-lr{lr}-s{cfg['seed']}-{config_hash(cfg)[:8]}"

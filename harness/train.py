@@ -1,0 +1,215 @@
+"""One run: config → data → model (+ adapters) → AdamW with linear warmup/decay → log.
+
+The log (``<out_dir>/<run_id>.json``) is written atomically, after the adapter factors
+(``<run_id>.safetensors``); a log that exists is therefore complete.
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import random
+import resource
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import lora
+
+from .config import config_hash, run_id
+from .data import HUB_ID, load_task_data
+from .logs import write_json_atomic
+from .models import load_model_and_tokenizer
+from .tasks import compute_metrics, get_task, majority_baseline
+
+FULL_FT_DELTA_RANK = 32   # full fine-tuning: keep the top-32 SVD factors of each q/v ΔW for the analysis
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def encode(tok, examples, max_length: int) -> list[dict]:
+    texts = list(zip(*[ex.texts for ex in examples]))
+    enc = tok(*texts, truncation=True, max_length=max_length)
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    return [{**{k: enc[k][i] for k in keys}, "labels": ex.label} for i, ex in enumerate(examples)]
+
+
+def collate(tok, rows: list[dict]) -> dict[str, torch.Tensor]:
+    """Dynamic padding: pad to the longest row of this batch."""
+    labels = [r["labels"] for r in rows]
+    batch = tok.pad([{k: v for k, v in r.items() if k != "labels"} for r in rows], return_tensors="pt")
+    batch["labels"] = torch.tensor(labels, dtype=torch.float32 if isinstance(labels[0], float) else torch.long)
+    return dict(batch)
+
+
+def train_batches(lengths: list[int], batch_size: int, generator: torch.Generator, group_by_length: bool):
+    """Indices of one epoch's batches.  ``group_by_length``: shuffle, cut into mega-batches of
+    50 batches, sort each by length (less padding, as HF Trainer's ``group_by_length``)."""
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    if group_by_length:
+        mega = 50 * batch_size
+        order = [i for s in range(0, len(order), mega)
+                 for i in sorted(order[s:s + mega], key=lambda i: -lengths[i])]
+    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    if group_by_length:   # keep the long batches from all landing at the start of each mega-batch
+        perm = torch.randperm(len(batches), generator=generator).tolist()
+        batches = [batches[i] for i in perm]
+    return batches
+
+
+@torch.no_grad()
+def evaluate(model, tok, rows, task, device, batch_size: int = 64) -> dict[str, float]:
+    model.eval()
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+    preds = np.empty(len(rows), dtype=np.float64 if task.labels is None else np.int64)
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        batch = {k: v.to(device) for k, v in collate(tok, [rows[i] for i in idx]).items() if k != "labels"}
+        logits = model(**batch).logits
+        preds[idx] = (logits.squeeze(-1) if task.labels is None else logits.argmax(-1)).cpu().numpy()
+    model.train()
+    return compute_metrics(task, preds, [r["labels"] for r in rows])
+
+
+def eval_steps(steps_per_epoch: int, epochs: int, evals_per_epoch: int) -> set[int]:
+    """Steps after which the dev set is evaluated: step 0 (the init), then evenly within each epoch."""
+    k = max(1, min(evals_per_epoch, steps_per_epoch))
+    return {0} | {e * steps_per_epoch + round(j * steps_per_epoch / k) for e in range(epochs) for j in range(1, k + 1)}
+
+
+def linear_schedule(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def environment(device: torch.device) -> dict:
+    import transformers
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "lora", "harness"],
+                                    cwd=root, capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return dict(python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
+                numpy=np.__version__, device=str(device), threads=torch.get_num_threads(),
+                cpu=platform.processor() or platform.machine(), host=platform.node(),
+                gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                git_commit=commit, git_dirty=dirty)
+
+
+def full_ft_delta_factors(model, originals: dict[str, torch.Tensor], rank: int):
+    """Top-``rank`` SVD factors of W_finetuned − W for the layers in ``originals`` (as B_eff, A_eff)."""
+    out = {}
+    for name, W0 in originals.items():
+        dW = model.get_submodule(name).weight.detach().cpu().double() - W0.double()
+        U, S, Vh = torch.linalg.svd(dW, full_matrices=False)
+        out[name] = ((U[:, :rank] * S[:rank]).float(), Vh[:rank].float(), float((S[:rank] ** 2).sum() / (S ** 2).sum().clamp_min(1e-300)))
+    return out
+
+
+def run(cfg: dict, out_dir: str | os.PathLike = "logs/adhoc", data_dir: str | None = None,
+        hub_id: str = HUB_ID, device: str | None = None, progress: bool = True) -> dict:
+    """Train and evaluate one config; write ``<out_dir>/<run_id>.{safetensors,json}``; return the log."""
+    t0 = time.time()
+    task = get_task(cfg["task"])
+    rid = run_id(cfg)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    splits, source = load_task_data(task, data_dir, hub_id)
+    train_ex, dev_ex = splits["train"], splits["dev"]
+    if cfg["max_train_examples"]:
+        train_ex = train_ex[:cfg["max_train_examples"]]
+    seed_everything(cfg["seed"])
+    model, tok = load_model_and_tokenizer(cfg["model"], task.num_labels, cfg["seed"],
+                                          train_texts=[t for ex in train_ex for t in ex.texts])
+    originals = {}
+    if cfg["method"] == "full":
+        originals = {n: m.weight.detach().clone() for n, m in model.named_modules()
+                     if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in ("query", "value")}
+    else:
+        lora.add_lora(model, cfg["targets"], rank=cfg["rank"], alpha=cfg["alpha"], dropout=cfg["dropout"],
+                      init=cfg["method"], svd_method=cfg["svd_method"], niter=cfg["niter"], seed=cfg["seed"],
+                      keep_trainable=cfg["head"])
+    model.to(dev).train()
+    train_rows, dev_rows = encode(tok, train_ex, cfg["max_length"]), encode(tok, dev_ex, cfg["max_length"])
+
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    no_decay = lambda n: n.endswith("bias") or "LayerNorm" in n or "layer_norm" in n
+    optimizer = torch.optim.AdamW([
+        {"params": [p for n, p in params if not no_decay(n)], "weight_decay": cfg["weight_decay"]},
+        {"params": [p for n, p in params if no_decay(n)], "weight_decay": 0.0}], lr=cfg["lr"])
+    steps_per_epoch = math.ceil(len(train_rows) / cfg["batch_size"])
+    total = steps_per_epoch * cfg["epochs"]
+    warmup = max(1, round(cfg["warmup_ratio"] * total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_schedule(s, warmup, total))
+    when = eval_steps(steps_per_epoch, cfg["epochs"], cfg["evals_per_epoch"])
+
+    history = {"train_loss": [], "evals": []}
+    status, reason, step = "ok", None, 0
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    lengths = [len(r["input_ids"]) for r in train_rows]
+    history["evals"].append({"step": 0, "epoch": 0.0, **evaluate(model, tok, dev_rows, task, dev)})
+    bar = tqdm(total=total, desc=rid, disable=not progress, mininterval=5, dynamic_ncols=True)
+    for epoch in range(cfg["epochs"]):
+        for idx in train_batches(lengths, cfg["batch_size"], gen, cfg["group_by_length"]):
+            batch = {k: v.to(dev) for k, v in collate(tok, [train_rows[i] for i in idx]).items()}
+            loss = model(**batch).loss
+            if not torch.isfinite(loss):
+                status, reason = "failed", f"non-finite loss {loss.item()} at step {step + 1}"
+                break
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            history["train_loss"].append(round(loss.item(), 6))
+            bar.update(1)
+            if step in when:
+                m = evaluate(model, tok, dev_rows, task, dev)
+                history["evals"].append({"step": step, "epoch": round(step / steps_per_epoch, 4), **m})
+                bar.set_postfix({task.main_metric: f"{m[task.main_metric]:.3f}", "loss": f"{loss.item():.3f}"})
+        if status != "ok":
+            break
+    bar.close()
+
+    factors_file = out / f"{rid}.safetensors"
+    if status == "ok":
+        if cfg["method"] == "full":
+            deltas = full_ft_delta_factors(model, originals, FULL_FT_DELTA_RANK)
+            lora.save_factors(factors_file, {n: (B, A) for n, (B, A, _) in deltas.items()}, init="full",
+                              info={n: {"energy_kept": e} for n, (_, _, e) in deltas.items()})
+        else:
+            lora.save_lora(model.cpu(), factors_file)
+    evals = history["evals"]
+    main = task.main_metric
+    log = {
+        "run_id": rid, "status": status, "reason": reason, "config": cfg, "config_hash": config_hash(cfg),
+        "task": {"name": task.name, "main_metric": main, "num_labels": task.num_labels,
+                 "majority_baseline": majority_baseline(task, [r["labels"] for r in dev_rows])},
+        "data": {**source, "n_train": len(train_rows), "n_dev": len(dev_rows)},
+        "steps": step, "steps_per_epoch": steps_per_epoch,
+        "history": history,
+        "final": {k: v for k, v in evals[-1].items()} if evals else None,
+        "best": max(evals, key=lambda e: e[main]) if evals else None,
+        "params": {"trainable": sum(p.numel() for _, p in params), "total": sum(p.numel() for p in model.parameters())},
+        "factors_file": factors_file.name if status == "ok" else None,
+        "wall_time_s": round(time.time() - t0, 2),
+        "peak_memory_bytes": (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
+                              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024),
+        "env": environment(dev),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json_atomic(out / f"{rid}.json", log)
+    return log

@@ -1,0 +1,259 @@
+"""Low-rank adapters for the Linear layers of any torch model (minLoRA style).
+
+Notation used throughout (one adapted ``nn.Linear`` with weight W of shape out×in):
+
+    y = x Wᵀ + s · dropout(x) Aᵀ Bᵀ          A: r×in,  B: out×r,  s = alpha / r
+
+so the weight the model effectively uses is W + ΔW with ΔW = s·B·A (rank ≤ r).
+The dense out×in update is never built during training: the adapter path runs on
+activations (``x Aᵀ`` is batch×r).  Dividing by r keeps the update's scale roughly
+independent of r when alpha is fixed (Hu et al. 2021).
+
+Init methods (``INIT_METHODS``), with W = U S Vᵀ the SVD of the pretrained weight:
+
+* ``random``       A ~ Kaiming-uniform(a=√5), B = 0.  ΔW = 0 at step 0 (LoRA / loralib default).
+* ``svd``          principal SVD init (PiSSA-style).  B = U_r·sqrt(S_r/s), A = sqrt(S_r/s)·V_rᵀ so that
+                   s·B·A = U_r S_r V_rᵀ, and the frozen base becomes the residual W_res = W − s·B₀A₀
+                   computed from the actual product: the model is unchanged at step 0,
+                   ‖W − W_res‖_F = ‖S_r‖ (Eckart–Young) and W_res's singular values are W's tail.
+* ``svd_naive``    the same B, A but W is left as it is, so the model starts at W + U_r S_r V_rᵀ:
+                   the top-r singular values of every adapted layer are doubled before any
+                   training.  Kept on purpose as an ablation of the original notebooks.
+* ``lora_fa``      A frozen with orthonormal rows (QR of a Gaussian), B = 0; only B trains
+                   (LoRA-FA, Zhang et al. 2023).  ΔW's row space is fixed to span(Aᵀ).
+* ``lora_fa_svd``  A frozen = V_rᵀ (W's top-r right singular vectors), B = 0; only B trains.
+
+The truncated SVD is ``full`` (``torch.linalg.svd``) or ``randomized`` (``torch.svd_lowrank``
+with ``niter`` power iterations, oversampled by 10, reproducible for a given seed).
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+INIT_METHODS = ("random", "svd", "svd_naive", "lora_fa", "lora_fa_svd")
+SVD_METHODS = ("full", "randomized")
+FROZEN_A_METHODS = ("lora_fa", "lora_fa_svd")
+
+
+def truncated_svd(W: torch.Tensor, rank: int, method: str = "full", niter: int = 4,
+                  generator_seed: int | None = None):
+    """Top-``rank`` SVD of W (out×in): returns U_r (out×r), S_r (r,), V_r (in×r), in float32."""
+    if method not in SVD_METHODS:
+        raise ValueError(f"unknown svd method {method!r}; valid: {', '.join(SVD_METHODS)}")
+    W64 = W.detach().to(torch.float64)
+    if method == "full":
+        U, S, Vh = torch.linalg.svd(W64, full_matrices=False)
+        V = Vh.mT
+    else:
+        q = min(rank + 10, *W64.shape)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0 if generator_seed is None else generator_seed)
+            U, S, V = torch.svd_lowrank(W64, q=q, niter=niter)
+    dtype = W.dtype
+    return U[:, :rank].to(dtype), S[:rank].to(dtype), V[:, :rank].to(dtype)
+
+
+class LoRALinear(nn.Module):
+    """A frozen ``nn.Linear`` plus a rank-r adapter: ``y = base(x) + s·dropout(x) Aᵀ Bᵀ``.
+
+    Parameters ``lora_A`` (r×in) and ``lora_B`` (out×r); buffers ``lora_A0``/``lora_B0`` keep the
+    init factors, so that ΔW relative to the *original* pretrained W is always recoverable:
+    for ``svd`` (whose base holds W − s·B₀A₀) it is s·BA − s·B₀A₀, otherwise s·BA.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0,
+                 init: str = "random", svd_method: str = "full", niter: int = 4,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        out_f, in_f = base.weight.shape
+        self.base = base
+        self.rank, self.alpha, self.init = rank, float(alpha), init
+        self.scaling = self.alpha / rank
+        self.freeze_A = init in FROZEN_A_METHODS
+        self.residual = init == "svd"      # base weight holds W − s·B₀A₀
+        self.merged = False
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        w = base.weight
+        A = torch.zeros(rank, in_f, dtype=w.dtype, device=w.device)
+        B = torch.zeros(out_f, rank, dtype=w.dtype, device=w.device)
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else None
+        if init == "random":
+            nn.init.kaiming_uniform_(A, a=math.sqrt(5), generator=generator)
+        elif init == "lora_fa":
+            G = torch.randn(in_f, rank, generator=generator, dtype=torch.float64).to(w.device)
+            A.copy_(torch.linalg.qr(G).Q.mT)
+        else:  # the three SVD-based inits
+            U, S, V = truncated_svd(w, rank, svd_method, niter, seed)
+            if init == "lora_fa_svd":
+                A.copy_(V.mT)
+            else:
+                root = torch.sqrt(S / self.scaling)
+                B.copy_(U * root)
+                A.copy_(root[:, None] * V.mT)
+        self.lora_A = nn.Parameter(A, requires_grad=not self.freeze_A)
+        self.lora_B = nn.Parameter(B)
+        self.register_buffer("lora_A0", A.clone())
+        self.register_buffer("lora_B0", B.clone())
+        if self.residual:
+            with torch.no_grad():
+                base.weight.sub_(self.scaling * (B @ A))
+        base.weight.requires_grad_(False)
+        if base.bias is not None:
+            base.bias.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self.merged:
+            return y
+        return y + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
+
+    def delta_weight(self) -> torch.Tensor:
+        """The current s·B·A (out×in); for merging and inspection, never used in forward."""
+        return self.scaling * (self.lora_B @ self.lora_A)
+
+    def delta_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B_eff, A_eff) with B_eff @ A_eff = ΔW relative to the original pretrained W.
+
+        s·BA for every init except ``svd``, where it is s·BA − s·B₀A₀ = s·[B, −B₀]·[A; A₀]
+        (rank ≤ 2r).  The scaling s is folded into B_eff.
+        """
+        B, A = self.lora_B.detach(), self.lora_A.detach()
+        if self.residual:
+            return self.scaling * torch.cat([B, -self.lora_B0], 1), torch.cat([A, self.lora_A0], 0)
+        return self.scaling * B, A
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, alpha={self.alpha:g}, init={self.init}, merged={self.merged}"
+
+
+def _matches(name: str, targets: str | Sequence[str]) -> bool:
+    if isinstance(targets, str):            # a regex over the full module name
+        return re.fullmatch(targets, name) is not None
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
+    """All adapted layers, by module name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def add_lora(model: nn.Module, targets: str | Sequence[str] = ("query", "value"), rank: int = 8,
+             alpha: float = 16.0, dropout: float = 0.0, init: str = "random",
+             svd_method: str = "full", niter: int = 4, seed: int | None = None,
+             keep_trainable: Iterable[str] = ()) -> nn.Module:
+    """Replace the chosen ``nn.Linear`` layers of ``model`` by :class:`LoRALinear`, in place.
+
+    ``targets``: a list of names (a module matches when its name equals one or ends with
+    ``"." + name``, e.g. ``["query", "value"]``) or a regex string matched against the full
+    module name.  Everything is then frozen except the adapters (and A stays frozen for the
+    LoRA-FA inits) and parameters whose name starts with or contains a module in
+    ``keep_trainable`` (e.g. ``["classifier"]``).  ``seed`` makes the init reproducible.
+    Returns the model.
+    """
+    if init not in INIT_METHODS:
+        raise ValueError(f"unknown init {init!r}; valid: {', '.join(INIT_METHODS)}")
+    if svd_method not in SVD_METHODS:
+        raise ValueError(f"unknown svd method {svd_method!r}; valid: {', '.join(SVD_METHODS)}")
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
+        raise ValueError(f"rank must be a positive integer, got {rank!r}")
+    adapted = lora_layers(model)
+    chosen = []
+    for name, mod in model.named_modules():
+        if not _matches(name, targets):
+            continue
+        owner = name.rsplit(".", 1)[0] if name.endswith(".base") else None
+        if name in adapted or owner in adapted:
+            raise ValueError(f"layer {owner or name!r} already has a LoRA adapter; "
+                             "call add_lora once per layer")
+        if isinstance(mod, nn.Linear):
+            chosen.append((name, mod))
+    if not chosen:
+        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        raise ValueError(f"targets {targets!r} matched no nn.Linear; Linear layers include: "
+                         f"{', '.join(linears[:8])}{' ...' if len(linears) > 8 else ''}")
+    for name, lin in chosen:
+        if rank > min(lin.in_features, lin.out_features):
+            raise ValueError(f"rank {rank} is too large for {name!r} ({lin.out_features}×"
+                             f"{lin.in_features}); valid: 1..{min(lin.in_features, lin.out_features)}")
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    for name, lin in chosen:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, LoRALinear(lin, rank, alpha, dropout, init, svd_method, niter, generator))
+    mark_only_lora_as_trainable(model, keep_trainable)
+    return model
+
+
+def mark_only_lora_as_trainable(model: nn.Module, keep_trainable: Iterable[str] = ()) -> None:
+    """Freeze all parameters but the adapters' (A only when not frozen by init) and ``keep_trainable``."""
+    keep = tuple(keep_trainable)
+    for name, p in model.named_parameters():
+        p.requires_grad_(any(name.startswith(k + ".") or f".{k}." in name for k in keep))
+    for layer in lora_layers(model).values():
+        layer.lora_B.requires_grad_(True)
+        layer.lora_A.requires_grad_(not layer.freeze_A)
+
+
+@torch.no_grad()
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold s·BA into each base weight (zero added latency at inference)."""
+    for layer in lora_layers(model).values():
+        if not layer.merged:
+            layer.base.weight.add_(layer.delta_weight())
+            layer.merged = True
+    return model
+
+
+@torch.no_grad()
+def unmerge_lora(model: nn.Module) -> nn.Module:
+    """Undo :func:`merge_lora`: subtract s·BA again, so the adapters train on."""
+    for layer in lora_layers(model).values():
+        if layer.merged:
+            layer.base.weight.sub_(layer.delta_weight())
+            layer.merged = False
+    return model
+
+
+def lora_state_dict(model: nn.Module, keep_trainable: Iterable[str] = ()) -> dict[str, torch.Tensor]:
+    """Adapter tensors only (A, B and init factors A0, B0), plus parameters under ``keep_trainable``."""
+    keep = tuple(keep_trainable)
+    out = {}
+    for name, t in model.state_dict().items():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf.startswith("lora_") or any(name.startswith(k + ".") or f".{k}." in name for k in keep):
+            out[name] = t.detach().clone()
+    return out
+
+
+def lora_config(model: nn.Module) -> dict[str, dict]:
+    """Per-layer adapter settings: rank, alpha, scaling, init, residual, freeze_A."""
+    return {n: dict(rank=m.rank, alpha=m.alpha, scaling=m.scaling, init=m.init,
+                    residual=m.residual, freeze_A=m.freeze_A) for n, m in lora_layers(model).items()}
+
+
+@torch.no_grad()
+def load_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Load :func:`lora_state_dict` output into a model adapted with the same targets and init.
+
+    For ``svd`` the base holds W − s·B₀A₀; if the stored B₀A₀ differ from this model's (e.g. a
+    different randomized-SVD seed) the base is re-based onto the stored ones first.
+    """
+    if any(m.merged for m in lora_layers(model).values()):
+        raise ValueError("unmerge_lora(model) before loading adapter weights")
+    for name, layer in lora_layers(model).items():
+        A0, B0 = state.get(f"{name}.lora_A0"), state.get(f"{name}.lora_B0")
+        if layer.residual and A0 is not None and not (torch.equal(A0, layer.lora_A0) and torch.equal(B0, layer.lora_B0)):
+            layer.base.weight.add_(layer.scaling * (layer.lora_B0 @ layer.lora_A0 - B0 @ A0))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise KeyError(f"unexpected keys in adapter state: {unexpected[:5]}")
+    needed = [k for k in lora_state_dict(model) if k not in state]
+    if needed:
+        raise KeyError(f"adapter state is missing: {needed[:5]}")
+    return model
