@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import yaml
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .config import config_hash, make_config, run_id
 from .logs import read_log, write_json_atomic
@@ -138,11 +138,14 @@ def run_grid(spec: dict, data_dir: str | None = None, device: str | None = None,
 
     out = grid_out_dir(spec, out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    data_dir = data_dir or os.environ.get("GLUE_DIR")   # the notebook runs in ROOT: pass an absolute path
+    if data_dir:
+        data_dir = os.path.abspath(os.path.expanduser(data_dir))
     configs = expand(spec)
     result = {}
     with GridLock(out):
         for tmp in [*out.glob(".*.tmp"), *out.glob(".*.tmp.ipynb"), *out.glob("*.tmp")]:
-            tmp.unlink()                        # debris of a killed run: never a log
+            tmp.unlink(missing_ok=True)         # debris of a killed run: never a log (globs overlap)
         todo = [c for c in configs if run_status(c, out) == "todo" or (retry_failed and run_status(c, out) == "failed")]
         for c in configs:
             result[run_id(c)] = run_status(c, out)

@@ -111,7 +111,10 @@ class LoRALinear(nn.Module):
         y = self.base(x)
         if self.merged:
             return y
-        return y + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
+        h = F.linear(self.dropout(x), self.lora_A)                     # (..., r): the only adapter activation
+        # y + s·h Bᵀ in one BLAS call (scale and add fused), instead of materialising s·h Bᵀ first.
+        return torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, self.rank), self.lora_B.mT,
+                           alpha=self.scaling).view(y.shape)
 
     def delta_weight(self) -> torch.Tensor:
         """The current s·B·A (out×in); for merging and inspection, never used in forward."""
@@ -165,7 +168,10 @@ def add_lora(model: nn.Module, targets: str | Sequence[str] = ("query", "value")
     adapted = lora_layers(model)
     chosen = []
     for name, mod in model.named_modules():
-        if not _matches(name, targets):
+        if not name and isinstance(mod, nn.Linear) and _matches(name, targets):
+            raise ValueError("the model itself is an nn.Linear: wrap it (e.g. nn.Sequential(linear)) so the adapter "
+                             "can replace it in place")
+        if not name or not _matches(name, targets):
             continue
         owner = name.rsplit(".", 1)[0] if name.endswith(".base") else None
         if name in adapted or owner in adapted:
@@ -246,14 +252,14 @@ def load_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> nn
     """
     if any(m.merged for m in lora_layers(model).values()):
         raise ValueError("unmerge_lora(model) before loading adapter weights")
+    expected = set(lora_state_dict(model))
+    unexpected = [k for k in state if k not in model.state_dict()]
+    missing = [k for k in expected if k not in state]
+    if unexpected or missing:    # check before touching any weight: a failed load leaves the model as it was
+        raise KeyError(f"adapter state does not fit this model: unexpected {unexpected[:5]}, missing {missing[:5]}")
     for name, layer in lora_layers(model).items():
         A0, B0 = state.get(f"{name}.lora_A0"), state.get(f"{name}.lora_B0")
         if layer.residual and A0 is not None and not (torch.equal(A0, layer.lora_A0) and torch.equal(B0, layer.lora_B0)):
             layer.base.weight.add_(layer.scaling * (layer.lora_B0 @ layer.lora_A0 - B0 @ A0))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected:
-        raise KeyError(f"unexpected keys in adapter state: {unexpected[:5]}")
-    needed = [k for k in lora_state_dict(model) if k not in state]
-    if needed:
-        raise KeyError(f"adapter state is missing: {needed[:5]}")
+    model.load_state_dict(state, strict=False)
     return model

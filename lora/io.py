@@ -32,9 +32,10 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
 
 def save_lora(model: nn.Module, path: str | os.PathLike, keep_trainable: Iterable[str] = (),
               extra: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write the adapter (and ``keep_trainable`` modules, and any ``extra`` tensors) atomically."""
+    """Write the adapter (and ``keep_trainable`` modules) atomically; ``extra`` tensors are stored
+    as ``extra.<name>`` and ignored by :func:`load_lora`."""
     path = Path(path)
-    tensors = lora_state_dict(model, keep_trainable) | (extra or {})
+    tensors = lora_state_dict(model, keep_trainable) | {f"extra.{k}": v for k, v in (extra or {}).items()}
     _atomic_save(tensors, path, {"lora_config": json.dumps(lora_config(model))})
     return path
 

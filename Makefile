@@ -1,0 +1,50 @@
+# The study, end to end.  Two entry points (see README):
+#   make study   install, run the default grid through papermill, analyse, build the book
+#   make test    install, run the test suite (tiny models and fixtures; CI runs this)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+GLUE_DIR ?= ../shared/glue
+GRID ?= configs/quick.yaml
+MATHJAX := book/_static/mathjax/tex-chtml.js
+
+.PHONY: study install grid figures book test bench clean-book
+
+study: install grid figures book
+
+install: $(VENV)/.installed
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+# Resumable: runs only the configs of $(GRID) that have no log yet.  GLUE_DIR= (empty) reads the hub.
+grid: install
+	GLUE_DIR=$(GLUE_DIR) $(PY) -m harness grid $(GRID)
+
+# Figures and tables under figures/ are pure functions of logs/ (no training).
+figures: install
+	$(PY) -m harness figures --logs logs --out figures
+
+# MathJax from the npm registry into _static, so the book renders math offline.
+$(MATHJAX):
+	mkdir -p book/_static/mathjax && tmp=$$(mktemp -d) && \
+	  (cd $$tmp && npm pack -q mathjax@3.2.2 >/dev/null && tar xzf mathjax-3.2.2.tgz) && \
+	  cp $$tmp/package/es5/tex-chtml.js book/_static/mathjax/ && \
+	  mkdir -p book/_static/mathjax/output/chtml/fonts && \
+	  cp -r $$tmp/package/es5/output/chtml/fonts/woff-v2 book/_static/mathjax/output/chtml/fonts/ && rm -rf $$tmp
+
+book: install $(MATHJAX)
+	$(VENV)/bin/jupyter-book build book -W -n --keep-going
+
+clean-book:
+	rm -rf book/_build
+
+bench: install
+	$(PY) benchmarks/lora_speed_memory.py
+
+test: install $(MATHJAX)
+	$(PY) -m pytest -q

@@ -1,0 +1,206 @@
+"""Helpers for the book's pages: where logs and figures are, and showing them with captions.
+
+Pages run with the book directory as working directory; ``STUDY_LOGS`` and ``STUDY_FIGURES``
+point them elsewhere (the end-to-end test builds the book from a smoke grid that way).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def logs_root() -> Path:
+    return Path(os.environ.get("STUDY_LOGS", ROOT / "logs"))
+
+
+def figures_root() -> Path:
+    return Path(os.environ.get("STUDY_FIGURES", ROOT / "figures"))
+
+
+def main_grid() -> str:
+    """The grid whose results the book reports (``STUDY_GRID``, default ``quick``)."""
+    return os.environ.get("STUDY_GRID", "quick")
+
+
+def manifest(grid: str) -> dict:
+    path = figures_root() / grid / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def show_figure(grid: str, name: str) -> bool:
+    """Display a figure of ``figures/<grid>/`` with its caption (which names its runs)."""
+    from IPython.display import Image, Markdown, display
+
+    entry = manifest(grid).get(name)
+    if entry is None:
+        display(Markdown(f"*(figure `{name}` of grid `{grid}` not built yet: run `make figures`)*"))
+        return False
+    path = Path(entry["path"])
+    if not path.is_absolute():
+        path = figures_root() / grid / path.name
+    display(Image(filename=str(path)))
+    display(Markdown(f"**Figure.** {entry['caption']}"))
+    return True
+
+
+def show_table(df, caption: str | None = None, floatfmt: int = 4) -> None:
+    """A DataFrame as an HTML table without its index, numbers rounded, optional caption."""
+    from IPython.display import HTML, Markdown, display
+
+    if df is None or len(df) == 0:
+        display(Markdown("*(no runs logged yet)*"))
+        return
+    display(HTML(df.to_html(index=False, float_format=lambda v: f"{v:.{floatfmt}g}", na_rep="–",
+                            border=0, classes="table")))
+    if caption:
+        display(Markdown(f"**Table.** {caption}"))
+
+
+# ------------------------------------------------------------------ tables the pages show
+TASK_ORDER = ("mrpc", "rte", "cola")
+
+
+def headline(log_dir) -> tuple:
+    """(table, caption): final main dev metric, mean ± std over seeds, methods × tasks."""
+    from .report import summary_table
+
+    s = summary_table(log_dir)
+    if len(s) == 0:
+        return None, None
+    if "lr" in s.columns:   # the headline compares methods at the preset's learning rate only
+        s = s[s["lr"] == s.groupby(["task", "method"])["lr"].transform(lambda v: v.mode().iloc[0])]
+    t = s.pivot_table(index="method", columns="task", values="summary", aggfunc="first", sort=False)
+    t = t[[c for c in TASK_ORDER if c in t.columns] + [c for c in t.columns if c not in TASK_ORDER]]
+    metrics = ", ".join(f"{task.upper()}: {m}" for task, m in s.groupby("task")["main_metric"].first().items())
+    n = int(s["runs"].sum())
+    return (t.reset_index(), f"Final dev metric, mean ± sample std over seeds (n = seeds), from {n} runs in "
+                             f"`logs/{Path(log_dir).name}` ({metrics}).")
+
+
+def headline_figure(log_dir) -> str:
+    from .report import runs_table
+
+    runs = runs_table(log_dir)
+    tasks = [t for t in TASK_ORDER if len(runs) and t in set(runs["task"])] or (sorted(set(runs["task"])) if len(runs) else ["mrpc"])
+    return f"convergence_{tasks[0]}"
+
+
+def figure_names(grid: str, prefix: str) -> list[str]:
+    return [k for k in manifest(grid) if k.startswith(prefix)]
+
+
+def setup_table(log_dir):
+    """One row per (task, method): the hyperparameters actually logged, and the seeds."""
+    import pandas as pd
+
+    from .logs import read_logs
+
+    rows = {}
+    for lg in read_logs(log_dir, status=None):
+        c = lg["config"]
+        key = (c["task"], c["method"], c["lr"])
+        r = rows.setdefault(key, dict(task=c["task"], method=c["method"], model=c["model"], rank=c["rank"],
+                                      alpha=c["alpha"], dropout=c["dropout"], lr=c["lr"], epochs=c["epochs"],
+                                      batch=c["batch_size"], max_len=c["max_length"], warmup=c["warmup_ratio"],
+                                      seeds=[]))
+        r["seeds"].append(c["seed"])
+    df = pd.DataFrame(rows.values())
+    if len(df):
+        df["seeds"] = df["seeds"].map(lambda s: ", ".join(map(str, sorted(s))))
+    return df
+
+
+def data_table(log_dir):
+    import pandas as pd
+
+    from .logs import read_logs
+
+    rows = {}
+    for lg in read_logs(log_dir):
+        d = lg["data"]
+        for f, sha in (d.get("files") or {}).items():
+            rows[f] = dict(file=f, source=d.get("kind"), sha256=sha,
+                           examples=d["n_train"] if "train" in f else d["n_dev"])
+    return pd.DataFrame(sorted(rows.values(), key=lambda r: r["file"]))
+
+
+def sweep_table(log_dir):
+    from .report import runs_table
+
+    runs = runs_table(log_dir)
+    if len(runs) == 0:
+        return runs
+    return runs[["task", "method", "lr", "epochs", "main_metric", "final", "best", "best_step", "baseline",
+                 "wall_time_s"]].sort_values(["task", "method", "lr"])
+
+
+def results_table(log_dir) -> tuple:
+    from .report import summary_table
+
+    s = summary_table(log_dir)
+    if len(s) == 0:
+        return None, None
+    cols = [c for c in ("task", "method", "lr", "main_metric", "summary", "best", "f1", "accuracy", "baseline")
+            if c in s.columns]
+    t = s[cols].rename(columns={"summary": "final (mean ± std)", "best": "best during training",
+                                "baseline": "majority baseline"})
+    return t, (f"Final and best dev metric per task and method, mean ± sample std over seeds, from "
+               f"`logs/{Path(log_dir).name}`; 'best during training' is the best of the periodic dev evaluations "
+               f"(optimistic: it selects on the dev set).")
+
+
+def failed_table(log_dir):
+    from .report import failed_runs
+
+    return failed_runs(log_dir)
+
+
+# Hu et al. (2021), Table 2, RoBERTa-base rows: a different model and setup, for orientation only.
+PAPER_REFERENCE = [
+    dict(method="full fine-tuning (125M trainable)", mrpc="90.2", rte="78.7", cola="63.6"),
+    dict(method="LoRA r=8 q,v (0.3M trainable)", mrpc="89.7 ± 0.7", rte="86.6 ± 0.7", cola="63.4 ± 1.2"),
+]
+
+
+def paper_reference():
+    import pandas as pd
+
+    return pd.DataFrame(PAPER_REFERENCE)
+
+
+def environment_table(logs_root):
+    import pandas as pd
+
+    from .logs import read_logs
+
+    rows = {}
+    for d in sorted(p for p in Path(logs_root).iterdir() if p.is_dir()):
+        for lg in read_logs(d):
+            e = lg["env"]
+            key = (d.name, e.get("torch"), e.get("transformers"), e.get("device"), e.get("cpu"), e.get("threads"))
+            r = rows.setdefault(key, dict(grid=d.name, torch=e.get("torch"), transformers=e.get("transformers"),
+                                          python=e.get("python"), device=e.get("gpu") or e.get("device"),
+                                          cpu=e.get("cpu"), threads=e.get("threads"), runs=0, wall_hours=0.0))
+            r["runs"] += 1
+            r["wall_hours"] += lg.get("wall_time_s", 0) / 3600
+    return pd.DataFrame(rows.values())
+
+
+def grid_status_table():
+    """For every grid spec in configs/: how many of its runs are logged, failed, still to run."""
+    import pandas as pd
+
+    from .grid import expand, load_spec, run_status
+
+    rows = []
+    for spec_path in sorted((ROOT / "configs").glob("*.yaml")):
+        spec = load_spec(spec_path)
+        out = logs_root() / Path(spec.get("out_dir") or spec["name"]).name
+        counts = {"done": 0, "failed": 0, "todo": 0}
+        for cfg in expand(spec):
+            counts[run_status(cfg, out)] += 1
+        rows.append(dict(grid=spec_path.name, runs=sum(counts.values()), **counts))
+    return pd.DataFrame(rows)
