@@ -204,3 +204,59 @@ def grid_status_table():
             counts[run_status(cfg, out)] += 1
         rows.append(dict(grid=spec_path.name, runs=sum(counts.values()), **counts))
     return pd.DataFrame(rows)
+
+
+def spectra_summary(log_dir) -> tuple:
+    """(table, caption): per task and method, layer-averaged spectral measures of ΔW (from the CSV
+    that ``harness figures`` wrote, so the book never recomputes SVDs)."""
+    import pandas as pd
+
+    path = figures_root() / Path(log_dir).name / f"spectra_{Path(log_dir).name}.csv"
+    if not path.is_file():
+        return None, None
+    t = pd.read_csv(path)
+    cols = {"stable_rank": "stable rank", "effective_rank": "effective rank", "energy_top1": "energy top-1",
+            "amplification": "amplification", "overlap_right_top": "overlap with W top-r (in)",
+            "overlap_left_top": "overlap with W top-r (out)", "fa_energy": "energy in span(A₀ᵀ)"}
+    cols = {k: v for k, v in cols.items() if k in t.columns}
+    g = t.groupby(["task", "method"], sort=False)[list(cols)].mean().reset_index().rename(columns=cols)
+    n = t.groupby(["task", "method"], sort=False)["run_id"].nunique().reset_index(drop=True)
+    g.insert(2, "runs", n)
+    return g, (f"Spectral measures of ΔW relative to the pretrained W, averaged over the adapted layers and seeds "
+               f"of `logs/{Path(log_dir).name}`. Overlap: mean cos² of the principal angles between ΔW's top-r "
+               f"singular subspace and W's (random subspaces: r/n). Full fine-tuning: from the top-32 SVD of its "
+               f"update.")
+
+
+def benchmark_tables(path=None) -> list[tuple]:
+    """[(table, caption)] from ``logs/benchmark_lora.json``: step times and saved-activation bytes."""
+    import pandas as pd
+
+    path = Path(path) if path else logs_root() / "benchmark_lora.json"
+    if not path.is_file():
+        return [(None, "No benchmark recorded yet: run `make bench`.")]
+    b = json.loads(path.read_text())
+    s = b["settings"]
+    times = pd.DataFrame([dict(setup=k, median_ms=v["median"], trainable_params=v["trainable_params"])
+                          for k, v in b["step_time_ms"].items()])
+    ratios = pd.DataFrame([dict(ratio=k, of_medians=v, paired_median=b["ratios_paired_median"][k],
+                                target=f"≤ {b['ratio_targets'][k]:.2f}")
+                           for k, v in b["ratios"].items()])
+    mem = pd.DataFrame([dict(setup=k, MiB=v / 2**20, storages=b["saved_storages"][k])
+                        for k, v in b["saved_bytes"].items()])
+    fa = pd.DataFrame([dict(comparison=k, adapters=v["adapters"], dropout=v["dropout"],
+                            measured_MiB=v["measured"] / 2**20, predicted_MiB=v["predicted"] / 2**20,
+                            rel_diff=v["rel_diff"],
+                            predicted_distinct_MiB=v.get("predicted_distinct_inputs", v["predicted"]) / 2**20)
+                       for k, v in b["fa_saving"].items()])
+    where = (f"batch {s['batch']} × {s['seq_len']} tokens, rank {s['rank']}, alpha {s['alpha']:g}, "
+             f"dropout {s['dropout']}; recorded {b['created']} ({path.name})")
+    return [(times, f"Training step time (forward + backward + AdamW), median of {s['timed_steps']} interleaved "
+                    f"steps; {where}."),
+            (ratios, "Step-time ratios: of the medians, and the median of per-round paired ratios (robust to "
+                     "load drift on a shared machine)."),
+            (mem, "Bytes autograd saves for backward in one training forward (storages deduplicated; "
+                  "parameters excluded). `_p0`: adapter dropout 0; `_all`: every Linear of the encoder."),
+            (fa, "LoRA-FA's saving against LoRA: measured vs predicted Σ tokens·in_features·4 bytes over adapted "
+                 "layers. With dropout 0, query/key/value share one input, so the prediction counts distinct "
+                 "inputs.")]
