@@ -1,6 +1,13 @@
 """Shared pytest fixtures."""
 from __future__ import annotations
 
+import os
+
+# Tests train tiny models: one thread each is as fast, and two processes with two OpenMP threads
+# each on a 2-core machine (a notebook kernel beside pytest, or a background grid) slow down ~10x.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 # ============================================================================ harness fixtures
 # (tests/test_harness_data.py, tests/test_harness_run.py, tests/test_cli.py)
 # Offline Hugging Face environment, the synthetic GLUE fixture in both forms, the real data dir.
