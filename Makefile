@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 GLUE_DIR ?= ../shared/glue
-GRID ?= configs/quick.yaml
+GRIDS ?= configs/sweep.yaml configs/quick.yaml
 MATHJAX := book/_static/mathjax/tex-chtml.js
 
 .PHONY: study install grid figures book test bench clean-book
@@ -21,9 +21,11 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-# Resumable: runs only the configs of $(GRID) that have no log yet.  GLUE_DIR= (empty) reads the hub.
+# Resumable: runs only the configs of $(GRIDS) that have no log yet (committed logs are skipped).
+# GLUE_DIR= (empty) reads nyu-mll/glue from the Hugging Face hub instead of local files.
 grid: install
-	GLUE_DIR=$(GLUE_DIR) $(PY) -m harness grid $(GRID)
+	for spec in $(GRIDS); do GLUE_DIR=$(GLUE_DIR) $(PY) -m harness grid $$spec \
+	  || echo "$$spec: some runs failed; their logs say why (the book lists them)"; done
 
 # Figures and tables under figures/ are pure functions of logs/ (no training).
 figures: install

@@ -260,3 +260,23 @@ def benchmark_tables(path=None) -> list[tuple]:
             (fa, "LoRA-FA's saving against LoRA: measured vs predicted Σ tokens·in_features·4 bytes over adapted "
                  "layers. With dropout 0, query/key/value share one input, so the prediction counts distinct "
                  "inputs.")]
+
+
+def chosen_lr_table(sweep_dir, preset: str = "quick"):
+    """Per task: the sweep's learning rates, the one with the best final dev metric, and the
+    adapter learning rate the preset uses (they should agree: the preset is set from the sweep)."""
+    import pandas as pd
+
+    from .config import make_config
+    from .report import runs_table
+
+    runs = runs_table(sweep_dir)
+    rows = []
+    for task, g in (runs.groupby("task", sort=False) if len(runs) else []):
+        best = g.loc[g["final"].idxmax()]
+        rows.append(dict(task=task, metric=best["main_metric"], lrs_tried=", ".join(f"{v:g}" for v in sorted(g["lr"])),
+                         best_lr=best["lr"], final_at_best_lr=best["final"], majority_baseline=best["baseline"],
+                         beats_baseline=bool(best["final"] > best["baseline"]),
+                         preset_lr=make_config(task, "random", preset)["lr"],
+                         preset_epochs=make_config(task, "random", preset)["epochs"]))
+    return pd.DataFrame(rows)
