@@ -263,8 +263,8 @@ def benchmark_tables(path=None) -> list[tuple]:
 
 
 def chosen_lr_table(sweep_dir, preset: str = "quick"):
-    """Per task: the sweep's learning rates, the one with the best final dev metric, and the
-    adapter learning rate the preset uses (they should agree: the preset is set from the sweep)."""
+    """Per task: the (lr, epochs) pairs the sweep tried, the one with the best final dev metric, and
+    the adapter lr and epochs the preset uses (they should agree: the preset is set from the sweep)."""
     import pandas as pd
 
     from .config import make_config
@@ -274,9 +274,31 @@ def chosen_lr_table(sweep_dir, preset: str = "quick"):
     rows = []
     for task, g in (runs.groupby("task", sort=False) if len(runs) else []):
         best = g.loc[g["final"].idxmax()]
-        rows.append(dict(task=task, metric=best["main_metric"], lrs_tried=", ".join(f"{v:g}" for v in sorted(g["lr"])),
-                         best_lr=best["lr"], final_at_best_lr=best["final"], majority_baseline=best["baseline"],
+        rows.append(dict(task=task, metric=best["main_metric"],
+                         tried=", ".join(f"{lr:g}×{ep}ep" for lr, ep in sorted(set(zip(g["lr"], g["epochs"])))),
+                         best_lr=best["lr"], best_epochs=best["epochs"], best_final=best["final"],
+                         majority_baseline=best["baseline"],
                          beats_baseline=bool(best["final"] > best["baseline"]),
                          preset_lr=make_config(task, "random", preset)["lr"],
                          preset_epochs=make_config(task, "random", preset)["epochs"]))
     return pd.DataFrame(rows)
+
+
+def sweep_verdict(sweep_dir) -> str:
+    """One sentence per task, computed from the sweep logs: did any run beat the majority baseline?"""
+    from .report import runs_table
+
+    runs = runs_table(sweep_dir)
+    lines = []
+    for task, g in (runs.groupby("task", sort=False) if len(runs) else []):
+        best = g.loc[g["final"].idxmax()]
+        what = f"{best['method']} at lr {best['lr']:g}, {best['epochs']} epochs"
+        if (g["final"] > g["baseline"]).any():
+            lines.append(f"- **{task.upper()}** learns: best final dev {best['main_metric']} {best['final']:.3f} "
+                         f"({what}) against a majority-class baseline of {best['baseline']:.3f}.")
+        else:
+            lines.append(f"- **{task.upper()} is not learned** by any of the {len(g)} sweep runs: the best final dev "
+                         f"{best['main_metric']} is {best['final']:.3f} ({what}), not above the majority-class "
+                         f"baseline of {best['baseline']:.3f}. Results on {task.upper()} below are at chance level "
+                         f"and are shown, not hidden.")
+    return "\n".join(lines)
