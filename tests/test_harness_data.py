@@ -250,11 +250,12 @@ def test_config_hash_stable_and_sensitive():
     assert config_hash(make_config("mrpc", "svd", "quick")) == h
     assert config_hash(dict(reversed(list(cfg.items())))) == h
     assert config_hash({**cfg, "data_dir": "/somewhere", "hub_id": "x/y", "out_dir": "logs/z"}) == h
-    assert config_hash(make_config("mrpc", "svd", "quick", lr=1e-3)) != h
+    lr = cfg["lr"]                                 # the preset's default
+    assert config_hash(make_config("mrpc", "svd", "quick", lr=2 * lr)) != h
     assert config_hash(make_config("mrpc", "svd", "quick", seed=1)) != h
     assert config_hash(make_config("mrpc", "random", "quick")) != h
-    assert config_hash(make_config("mrpc", "svd", "quick", lr=5e-4)) == h   # same as the default: same run
-    assert make_config("mrpc", "svd", "quick", lr="5e-4")["lr"] == 5e-4   # YAML gives "5e-4" as a string
+    assert config_hash(make_config("mrpc", "svd", "quick", lr=lr)) == h   # same as the default: same run
+    assert make_config("mrpc", "svd", "quick", lr=f"{lr:e}")["lr"] == lr   # YAML gives "5e-4" as a string
 
 
 def test_run_id_format():
