@@ -30,20 +30,19 @@ def manifest(grid: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def show_figure(grid: str, name: str) -> bool:
+def show_figure(grid: str, name: str) -> None:
     """Display a figure of ``figures/<grid>/`` with its caption (which names its runs)."""
     from IPython.display import Image, Markdown, display
 
     entry = manifest(grid).get(name)
     if entry is None:
         display(Markdown(f"*(figure `{name}` of grid `{grid}` not built yet: run `make figures`)*"))
-        return False
+        return
     path = Path(entry["path"])
     if not path.is_absolute():
         path = figures_root() / grid / path.name
     display(Image(filename=str(path)))
     display(Markdown(f"**Figure.** {entry['caption']}"))
-    return True
 
 
 def show_table(df, caption: str | None = None, floatfmt: int = 4) -> None:
@@ -74,6 +73,7 @@ def headline(log_dir) -> tuple:
         s = s[s["lr"] == s.groupby(["task", "method"])["lr"].transform(lambda v: v.mode().iloc[0])]
     t = s.pivot_table(index="method", columns="task", values="summary", aggfunc="first", sort=False)
     t = t[[c for c in TASK_ORDER if c in t.columns] + [c for c in t.columns if c not in TASK_ORDER]]
+    t.columns.name = None
     metrics = ", ".join(f"{task.upper()}: {m}" for task, m in s.groupby("task")["main_metric"].first().items())
     n = int(s["runs"].sum())
     return (t.reset_index(), f"Final dev metric, mean ± sample std over seeds (n = seeds), from {n} runs in "

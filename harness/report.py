@@ -175,7 +175,8 @@ def _display(manifest: dict, show: bool | None) -> None:
 def _new_figure(nrows: int, ncols: int, panel=(4.6, 3.4), squeeze=False, **kw):
     """A matplotlib Figure that is never registered with pyplot (nothing to close, no global state)."""
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows), layout="constrained")
+    # at least two panels wide, so that a one-panel figure's suptitle is not cut off
+    fig = Figure(figsize=(panel[0] * max(ncols, 2), panel[1] * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=squeeze, **kw)
     return fig, axes
 
