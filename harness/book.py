@@ -285,20 +285,21 @@ def chosen_lr_table(sweep_dir, preset: str = "quick"):
 
 
 def sweep_verdict(sweep_dir) -> str:
-    """One sentence per task, computed from the sweep logs: did any run beat the majority baseline?"""
+    """One sentence per task and method, computed from the sweep logs: did any run beat the
+    majority-class baseline, and with which learning rate and epochs?"""
     from .report import runs_table
 
     runs = runs_table(sweep_dir)
     lines = []
-    for task, g in (runs.groupby("task", sort=False) if len(runs) else []):
+    for (task, method), g in (runs.groupby(["task", "method"], sort=False) if len(runs) else []):
         best = g.loc[g["final"].idxmax()]
-        what = f"{best['method']} at lr {best['lr']:g}, {best['epochs']} epochs"
+        what = f"lr {best['lr']:g}, {best['epochs']} epochs"
+        head = f"**{task.upper()}, {method}**"
         if (g["final"] > g["baseline"]).any():
-            lines.append(f"- **{task.upper()}** learns: best final dev {best['main_metric']} {best['final']:.3f} "
-                         f"({what}) against a majority-class baseline of {best['baseline']:.3f}.")
+            lines.append(f"- {head} learns: best final dev {best['main_metric']} {best['final']:.3f} ({what}) against "
+                         f"a majority-class baseline of {best['baseline']:.3f}.")
         else:
-            lines.append(f"- **{task.upper()} is not learned** by any of the {len(g)} sweep runs: the best final dev "
-                         f"{best['main_metric']} is {best['final']:.3f} ({what}), not above the majority-class "
-                         f"baseline of {best['baseline']:.3f}. Results on {task.upper()} below are at chance level "
-                         f"and are shown, not hidden.")
+            lines.append(f"- {head} is **not learned** in any of its {len(g)} sweep runs: the best final dev "
+                         f"{best['main_metric']} is {best['final']:.3f} ({what}), not above the majority-class baseline "
+                         f"of {best['baseline']:.3f}. Such results below are at chance level; they are shown, not hidden.")
     return "\n".join(lines)
