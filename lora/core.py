@@ -141,6 +141,11 @@ def _matches(name: str, targets: str | Sequence[str]) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
+def in_modules(name: str, modules: Sequence[str]) -> bool:
+    """Whether parameter ``name`` belongs to one of ``modules`` (e.g. "classifier" → "classifier.dense.weight")."""
+    return any(name.startswith(k + ".") or f".{k}." in name for k in modules)
+
+
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     """All adapted layers, by module name."""
     return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
@@ -200,7 +205,7 @@ def mark_only_lora_as_trainable(model: nn.Module, keep_trainable: Iterable[str] 
     """Freeze all parameters but the adapters' (A only when not frozen by init) and ``keep_trainable``."""
     keep = tuple(keep_trainable)
     for name, p in model.named_parameters():
-        p.requires_grad_(any(name.startswith(k + ".") or f".{k}." in name for k in keep))
+        p.requires_grad_(in_modules(name, keep))
     for layer in lora_layers(model).values():
         layer.lora_B.requires_grad_(True)
         layer.lora_A.requires_grad_(not layer.freeze_A)
@@ -232,7 +237,7 @@ def lora_state_dict(model: nn.Module, keep_trainable: Iterable[str] = ()) -> dic
     out = {}
     for name, t in model.state_dict().items():
         leaf = name.rsplit(".", 1)[-1]
-        if leaf.startswith("lora_") or any(name.startswith(k + ".") or f".{k}." in name for k in keep):
+        if leaf.startswith("lora_") or in_modules(name, keep):
             out[name] = t.detach().clone()
     return out
 

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from .core import load_lora_state_dict, lora_config, lora_layers, lora_state_dict
+from .core import in_modules, load_lora_state_dict, lora_config, lora_layers, lora_state_dict
 
 
 def delta_factors(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -109,7 +109,7 @@ def export_peft(model: nn.Module, out_dir: str | os.PathLike, base_model_name_or
         ranks[name], alphas[name] = r, alpha
     keep = tuple(modules_to_save)
     for pname, p in model.state_dict().items():
-        if any(pname.startswith(k + ".") or f".{k}." in pname for k in keep):
+        if in_modules(pname, keep):
             tensors[f"base_model.model.{pname}"] = p.detach().clone()
     if len(set(ranks.values())) != 1 or len(set(alphas.values())) != 1:
         raise ValueError("export_peft needs one rank and alpha for all layers")
