@@ -64,13 +64,17 @@ TASK_ORDER = ("mrpc", "rte", "cola")
 
 def headline(log_dir) -> tuple:
     """(table, caption): final main dev metric, mean ± std over seeds, methods × tasks."""
-    from .report import summary_table
+    import numpy as np
+
+    from .report import main_lr, runs_table, summary_table
 
     s = summary_table(log_dir)
     if len(s) == 0:
         return None, None
     if "lr" in s.columns:   # the headline compares methods at the preset's learning rate only
-        s = s[s["lr"] == s.groupby(["task", "method"])["lr"].transform(lambda v: v.mode().iloc[0])]
+        runs = runs_table(log_dir)
+        keep = [np.isclose(lr, main_lr(runs, t, m)) for t, m, lr in zip(s["task"], s["method"], s["lr"])]
+        s = s[keep]
     t = s.pivot_table(index="method", columns="task", values="summary", aggfunc="first", sort=False)
     t = t[[c for c in TASK_ORDER if c in t.columns] + [c for c in t.columns if c not in TASK_ORDER]]
     t.columns.name = None

@@ -268,6 +268,26 @@ def runs_table(log_dir) -> "pd.DataFrame":
     return df
 
 
+def main_lr(runs, task: str, method: str):
+    """The learning rate at which (task, method) is compared with other methods: its preset's lr
+    when some of its runs use it (a grid's extra lr block must not replace it), else the lr most of
+    its runs use.  ``runs``: a :func:`runs_table`.  None without runs."""
+    from .config import make_config
+    from .tasks import UserError
+
+    g = runs[(runs["task"] == task) & (runs["method"] == method)]
+    if len(g) == 0:
+        return None
+    lrs = g["lr"].astype(float)
+    try:
+        lr = float(make_config(task, method, g["preset"].mode().iloc[0])["lr"])
+        if np.isclose(lrs, lr).any():
+            return lr
+    except (UserError, KeyError, TypeError):
+        pass
+    return float(lrs.mode().iloc[0])
+
+
 def failed_runs(log_dir) -> "pd.DataFrame":
     """run_id, task, method, seed, lr and reason of every log whose status is not ok."""
     import pandas as pd
@@ -444,6 +464,51 @@ def convergence_figure(log_dir, fig_dir, task: str, x: str = "epoch", show: bool
                f"loss; lines are means over seeds, bands span min to max; dashed: majority-class baseline. "
                f"{describe_runs(log_dir, logs)}.")
     out = {name: _entry(path, caption, logs)}
+    _display(out, show)
+    return out
+
+
+def differences_figure(log_dir, fig_dir, reference: str = "random", show: bool | None = False) -> dict:
+    """``differences.png``: per task (columns), every other method's paired difference to
+    ``reference`` for the same seed, one dot per seed and a bar at the mean; top row the final dev
+    main metric, bottom row the mean over the dev curve (higher = good sooner).  Methods at their
+    preset learning rate only (see :mod:`harness.findings`).  Empty when no task has ``reference``
+    and another method."""
+    from .findings import paired, points_table
+
+    runs = points_table(log_dir)
+    if len(runs) == 0:
+        return {}
+    tasks = [t for t in _sorted_unique(runs["task"])
+             if reference in set(runs.loc[runs["task"] == t, "method"])
+             and len(set(runs.loc[runs["task"] == t, "method"])) > 1]
+    if not tasks:
+        return {}
+    colors = _method_colors()
+    used = []
+    with _style():
+        fig, axes = _new_figure(2, len(tasks), panel=(4.2, 3.0))
+        for j, task in enumerate(tasks):
+            methods = [m for m in _method_order(runs.loc[runs["task"] == task, "method"]) if m != reference]
+            main = runs.loc[runs["task"] == task, "main_metric"].iloc[0]
+            for i, (q, label) in enumerate((("final", f"final dev {main}"), ("curve", f"mean dev {main} over curve"))):
+                ax = axes[i][j]
+                for x, m in enumerate(methods):
+                    d = np.array(paired(runs, task, reference, m, q)["diffs"])
+                    if len(d):
+                        ax.bar(x, d.mean(), color=colors.get(m), alpha=0.35, width=0.6)
+                        ax.scatter(np.full(len(d), x) + np.linspace(-0.12, 0.12, len(d)), d, color=colors.get(m),
+                                   s=14, zorder=3)
+                ax.axhline(0, c="k", lw=0.8)
+                ax.set_xticks(range(len(methods)), methods, rotation=30, fontsize=7)
+                ax.set(ylabel=f"Δ vs {reference}", title=f"{task}: {label}")
+            used += [lg for lg in _logs(log_dir, task) if np.isclose(lg["config"]["lr"], main_lr(
+                runs, task, lg["config"]["method"]))]
+        path = _save(fig, fig_dir, "differences")
+    out = {"differences": _entry(path, (
+        f"Paired differences to {reference} init, same seed (dots: seeds; bars: mean): final dev main metric (top) "
+        f"and its mean over all dev evaluations after step 0 (bottom; higher = good sooner). Preset learning rate "
+        f"of each method. {describe_runs(log_dir, used)}."), used)}
     _display(out, show)
     return out
 
@@ -966,6 +1031,7 @@ def compare_figures(log_dir, fig_dir, show: bool | None = None) -> dict:
                                     f"value). {describe_runs(log_dir, logs)}.", logs)
     for task in _sorted_unique(lg["config"]["task"] for lg in logs):
         out.update(convergence_figure(log_dir, fig_dir, task))
+    out.update(differences_figure(log_dir, fig_dir))
     out.update(lr_sweep_figure(log_dir, fig_dir))
     _merge_manifest(fig_dir, out)
     if (_in_notebook() if show is None else show):

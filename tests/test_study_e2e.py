@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["intro", "method", "setup", "sweep", "results", "spectra", "speed_memory", "reproduce", "limitations"]
+PAGES = ["intro", "method", "setup", "sweep", "results", "spectra", "findings", "speed_memory", "reproduce",
+         "limitations"]
 
 
 def _run(args, env, timeout):
@@ -78,6 +79,9 @@ def test_book_pages_and_images(study):
     assert len(re.findall(r"<img[^>]+src=", results)) >= 2          # one convergence figure per task
     spectra = (html / "spectra.html").read_text()
     assert len(re.findall(r"<img[^>]+src=", spectra)) >= 3
+    found = (html / "findings.html").read_text()     # generated sentences + the paired-difference figure
+    assert "paired difference" in found and "only 2 shared seeds: no conclusion yet" in found
+    assert len(re.findall(r"<img[^>]+src=", found)) >= 1
     for page in PAGES:    # no page reaches for a CDN: math and theme are local
         text = (html / f"{page}.html").read_text()
         assert "cdn.jsdelivr" not in text and "mathjax@3" not in text, page

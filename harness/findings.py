@@ -1,0 +1,326 @@
+"""What a grid's logs show: paired comparisons between methods, and the sentences the book states.
+
+Runs of different methods with the same seed share the data order and the classification head's
+initial weights (``harness.train`` seeds both from the config's seed), so two methods a and b are
+compared *paired by seed*: on one task, with d_k = m(b, seed k) − m(a, seed k) over the n seeds both
+have, we report mean(d) and its sample std, in how many seeds b is ahead, and the two-sided paired
+t-test p-value (n ≥ 3; NaN otherwise).  With three seeds only a difference that is large against its
+seed-to-seed spread reaches p < 0.05; a smaller one is reported as "not distinguishable from zero at
+n seeds", never as "equal".
+
+Quantities compared (all on the task's main dev metric, from the run logs):
+
+* ``final``  after the last epoch;
+* ``step0``  before any training (differs from other methods only if the init changes the model);
+* ``first``  at the first evaluation after step 0 (a quarter epoch in the quick preset);
+* ``epoch1`` at the evaluation closest to the end of epoch 1;
+* ``curve``  the mean over all evaluations after step 0: a normalised area under the dev curve,
+  higher when a method gets good sooner.
+
+Nothing here trains or reads model weights; the spectral part reads the CSV that
+``harness figures`` writes (``figures/<grid>/spectra_<grid>.csv``).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .report import _logs, _num, main_lr, runs_table
+
+QUANTITIES = ("final", "step0", "first", "epoch1", "curve")
+ALPHA = 0.05
+
+
+# ----------------------------------------------------------------------------- per-run numbers
+def curve_points(log: dict) -> dict:
+    """The main dev metric of one log at the points of :data:`QUANTITIES` (NaN where missing)."""
+    main = log["task"]["main_metric"]
+    ev = [(float(e["epoch"]), _num(e.get(main))) for e in log["history"]["evals"]]
+    after = [(ep, v) for ep, v in ev if ep > 0]
+    step0 = next((v for ep, v in ev if ep == 0), math.nan)
+    first = after[0][1] if after else math.nan
+    epoch1 = min(after, key=lambda p: abs(p[0] - 1.0))[1] if after else math.nan
+    vals = np.array([v for _, v in after], dtype=float)
+    curve = float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
+    return dict(final=_num((log.get("final") or {}).get(main)), step0=step0, first=first, epoch1=epoch1,
+                curve=curve)
+
+
+def points_table(log_dir):
+    """:func:`harness.report.runs_table` plus the columns step0, first, epoch1, curve."""
+    runs = runs_table(log_dir)
+    if len(runs) == 0:
+        return runs
+    pts = {lg["run_id"]: curve_points(lg) for lg in _logs(log_dir)}
+    for q in QUANTITIES[1:]:
+        runs[q] = runs["run_id"].map(lambda r, q=q: pts[r][q])
+    return runs
+
+
+# ----------------------------------------------------------------------------- paired comparisons
+def paired(runs, task: str, a: str, b: str, quantity: str = "final", lr_a=None, lr_b=None) -> dict:
+    """Paired-by-seed comparison of method ``b`` against ``a`` on ``task`` (see the module docstring).
+
+    ``lr_a``/``lr_b``: the learning rate of each side (default: the one most of its runs use).
+    Returns n, seeds, mean_a, mean_b, std_a, std_b, diff (mean of b − a), diff_std, wins (seeds where
+    b > a), p (paired t-test; NaN for n < 3 or zero spread), diffs (b − a per shared seed)."""
+    from scipy import stats
+
+    def side(method, lr):
+        lr = main_lr(runs, task, method) if lr is None else lr
+        g = runs[(runs["task"] == task) & (runs["method"] == method)]
+        if lr is not None:
+            g = g[np.isclose(g["lr"].astype(float), lr)]
+        return {int(s): float(v) for s, v in zip(g["seed"], g[quantity]) if np.isfinite(v)}, lr
+
+    va, lr_a = side(a, lr_a)
+    vb, lr_b = side(b, lr_b)
+    seeds = sorted(set(va) & set(vb))
+    xa, xb = np.array([va[s] for s in seeds]), np.array([vb[s] for s in seeds])
+    d = xb - xa
+    n = len(seeds)
+    p = math.nan
+    if n >= 3 and np.std(d) > 0:
+        p = float(stats.ttest_rel(xb, xa).pvalue)
+
+    def sd(x):
+        return float(x.std(ddof=1)) if len(x) > 1 else math.nan
+    return dict(task=task, a=a, b=b, quantity=quantity, lr_a=lr_a, lr_b=lr_b, n=n, seeds=seeds,
+                mean_a=float(xa.mean()) if n else math.nan, mean_b=float(xb.mean()) if n else math.nan,
+                std_a=sd(xa), std_b=sd(xb), diff=float(d.mean()) if n else math.nan, diff_std=sd(d),
+                wins=int((d > 0).sum()), p=p, diffs=[float(x) for x in d])
+
+
+def verdict(c: dict, what: str = "") -> str:
+    """A short judgement of a paired comparison: ahead / behind / not distinguishable / too few seeds."""
+    if c["n"] == 0:
+        return "no shared seeds yet"
+    if c["n"] < 3:
+        return f"only {c['n']} shared seed{'s' if c['n'] > 1 else ''}: no conclusion yet"
+    if np.isfinite(c["p"]) and c["p"] < ALPHA and c["wins"] in (0, c["n"]):
+        return f"{c['b']} {'ahead of' if c['diff'] > 0 else 'behind'} {c['a']}{what} in all {c['n']} seeds (p = {c['p']:.3f})"
+    return f"not distinguishable from zero at n = {c['n']} (p = {_p(c['p'])})"
+
+
+def _p(p) -> str:
+    return "n/a" if not np.isfinite(p) else f"{p:.2f}" if p >= 0.01 else f"{p:.3f}"
+
+
+def _d(c, digits=3) -> str:
+    """"+0.012 ± 0.008" (mean ± std of the paired differences; no ± for one seed)."""
+    if not np.isfinite(c["diff"]):
+        return "n/a"
+    s = f"{c['diff']:+.{digits}f}"
+    return s + (f" ± {c['diff_std']:.{digits}f}" if np.isfinite(c["diff_std"]) else "")
+
+
+def _count(seeds) -> str:
+    lo, hi = int(seeds.min()), int(seeds.max())
+    return f"{hi} seed{'s' if hi > 1 else ''}" if lo == hi else f"{lo}–{hi} seeds"
+
+
+def _ms(mean, std, digits=3) -> str:
+    return "n/a" if not np.isfinite(mean) else f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if np.isfinite(std) else "")
+
+
+COMPARISONS = (   # (a, b, quantities): the questions the study asks of every task
+    ("random", "svd", ("final", "first", "epoch1", "curve")),
+    ("random", "lora_fa", ("final", "curve")),
+    ("random", "lora_fa_svd", ("final", "curve")),
+    ("lora_fa", "lora_fa_svd", ("final",)),
+    ("svd", "svd_naive", ("final", "step0", "curve")),
+    ("random", "full", ("final", "curve")),
+)
+
+
+def comparison_table(log_dir):
+    """One row per task × comparison of :data:`COMPARISONS` × quantity whose two methods both have runs:
+    the paired statistics of :func:`paired`, formatted, with :func:`verdict`."""
+    import pandas as pd
+
+    runs = points_table(log_dir)
+    rows = []
+    if len(runs) == 0:
+        return pd.DataFrame(rows)
+    for task in _task_order(runs):
+        have = set(runs.loc[runs["task"] == task, "method"])
+        for a, b, quantities in COMPARISONS:
+            if a not in have or b not in have:
+                continue
+            for q in quantities:
+                c = paired(runs, task, a, b, q)
+                rows.append({"task": task, "comparison": f"{b} − {a}", "at": q, "seeds": len(c["seeds"]),
+                             "mean a": _ms(c["mean_a"], c["std_a"]),
+                             "mean b": _ms(c["mean_b"], c["std_b"]), "b − a (paired)": _d(c),
+                             "b ahead in": f"{c['wins']}/{c['n']}", "p": _p(c["p"]), "verdict": verdict(c)})
+    return pd.DataFrame(rows)
+
+
+def lr_table(log_dir, task: str = "mrpc", methods=("random", "svd")):
+    """Per learning rate that both ``methods`` have on ``task``: the paired comparison of the second
+    against the first (final and curve).  Empty when the grid has one learning rate."""
+    import pandas as pd
+
+    runs = points_table(log_dir)
+    if len(runs) == 0:
+        return pd.DataFrame()
+    a, b = methods
+    g = runs[runs["task"] == task]
+    lrs = sorted(set(g.loc[g["method"] == a, "lr"]) & set(g.loc[g["method"] == b, "lr"]))
+    rows = []
+    if len(lrs) < 2:
+        return pd.DataFrame()
+    for lr in lrs:
+        for q in ("final", "curve"):
+            c = paired(runs, task, a, b, q, lr_a=lr, lr_b=lr)
+            rows.append({"lr": lr, "at": q, "seeds": c["n"], a: _ms(c["mean_a"], c["std_a"]),
+                         b: _ms(c["mean_b"], c["std_b"]), f"{b} − {a} (paired)": _d(c),
+                         f"{b} ahead in": f"{c['wins']}/{c['n']}", "p": _p(c["p"]), "verdict": verdict(c)})
+    return pd.DataFrame(rows)
+
+
+def _task_order(runs) -> list[str]:
+    order = ("mrpc", "rte", "cola")
+    present = list(dict.fromkeys(runs["task"]))
+    return [t for t in order if t in present] + [t for t in present if t not in order]
+
+
+# ----------------------------------------------------------------------------- the book's sentences
+def learned(runs, task: str) -> dict:
+    """Which methods end above the majority-class baseline on ``task`` (mean final over seeds at the
+    preset lr), with the baseline."""
+    g = runs[runs["task"] == task]
+    out = {}
+    for method in dict.fromkeys(g["method"]):
+        lr = main_lr(runs, task, method)
+        gm = g[(g["method"] == method) & np.isclose(g["lr"].astype(float), lr)]
+        out[method] = float(np.nanmean(gm["final"])) > float(np.nanmean(gm["baseline"]))
+    return out
+
+
+def findings_markdown(log_dir, benchmark=None, spectra_csv=None) -> str:
+    """The book's "what the results show" section, every number computed here from the logs of
+    ``log_dir`` (plus the benchmark JSON and the spectra CSV when given)."""
+    runs = points_table(log_dir)
+    if len(runs) == 0:
+        return "*(no runs logged yet)*"
+    name = Path(log_dir).name
+    seeds = runs.groupby(["task", "method"])["seed"].nunique()
+    out = [f"*Computed from {len(runs)} runs in `logs/{name}` "
+           f"({seeds.min()}–{seeds.max()} seeds per task and method; "
+           f"differences are paired by seed, ± is their sample std, p a paired t-test).*", ""]
+    tasks = _task_order(runs)
+    chance = {t: not any(learned(runs, t).get(m, False) for m in set(runs.loc[runs['task'] == t, 'method']) - {"full"})
+              for t in tasks}
+
+    def metric(task):
+        return runs.loc[runs["task"] == task, "main_metric"].iloc[0]
+
+    def have(task, *methods):
+        return set(methods) <= set(runs.loc[runs["task"] == task, "method"])
+
+    # 1. SVD vs random
+    out.append("**Does SVD init beat random init?**")
+    for t in tasks:
+        if not have(t, "random", "svd"):
+            continue
+        f, q1, cv = (paired(runs, t, "random", "svd", q) for q in ("final", "first", "curve"))
+        line = (f"- {t.upper()} ({metric(t)}): final {_ms(f['mean_b'], f['std_b'])} for svd vs "
+                f"{_ms(f['mean_a'], f['std_a'])} for random, paired difference {_d(f)} ({verdict(f)}). "
+                f"Early, after the first evaluation: {_d(q1)} ({verdict(q1)}); "
+                f"averaged over the dev curve: {_d(cv)} ({verdict(cv)}).")
+        if chance[t]:
+            line += " No adapter method beats the majority-class baseline here, so these differences are noise."
+        out.append(line)
+    lt = lr_table(log_dir)
+    if len(lt):
+        fin = lt[lt["at"] == "final"]
+        parts = [f"lr {r['lr']:g}: {r['svd − random (paired)']} ({r['verdict']})" for _, r in fin.iterrows()]
+        out.append("- At smaller learning rates on MRPC (the original claim: SVD init helps most there), "
+                   "svd − random, final: " + "; ".join(parts) + ".")
+    out.append("")
+
+    # 2. LoRA-FA
+    out.append("**What does LoRA-FA cost, and save?**")
+    for t in tasks:
+        for b in ("lora_fa", "lora_fa_svd"):
+            if have(t, "random", b):
+                c = paired(runs, t, "random", b)
+                out.append(f"- {t.upper()}: {b} − random, final {metric(t)}: {_d(c)} ({verdict(c)})"
+                           + (" (at chance level)" if chance[t] else "") + ".")
+    params = runs.groupby("method")["trainable"].median()
+    if {"random", "lora_fa"} <= set(params.index):
+        out.append("- Trainable parameters (with the classifier head): "
+                   + ", ".join(f"{m} {int(params[m]):,}" for m in ("random", "lora_fa", "full") if m in params.index)
+                   + ".")
+    if benchmark and Path(benchmark).is_file():
+        b = json.loads(Path(benchmark).read_text())
+        sb, fa = b["saved_bytes"], b["fa_saving"]["lora_qv_vs_lora_fa_qv"]
+        s = b["settings"]
+        out.append(f"- Memory (benchmark, batch {s['batch']} × {s['seq_len']} tokens): freezing A saves "
+                   f"{fa['measured'] / 2**20:.1f} MiB of activations saved for backward "
+                   f"({fa['measured'] / sb['lora_qv']:.1%} of LoRA's {sb['lora_qv'] / 2**20:.0f} MiB; predicted "
+                   f"{fa['predicted'] / 2**20:.1f} MiB), and on every Linear of the encoder "
+                   f"{b['fa_saving']['lora_all_vs_lora_fa_all']['measured'] / 2**20:.0f} MiB "
+                   f"({b['fa_saving']['lora_all_vs_lora_fa_all']['measured'] / sb['lora_all']:.0%}).")
+    out.append("")
+
+    # 3. naive SVD
+    if any(have(t, "svd", "svd_naive") for t in tasks):
+        out.append("**How does the naive SVD init behave?**")
+        for t in tasks:
+            if not have(t, "svd", "svd_naive"):
+                continue
+            z, f = paired(runs, t, "svd", "svd_naive", "step0"), paired(runs, t, "svd", "svd_naive")
+            out.append(f"- {t.upper()}: before training its {metric(t)} is {_ms(z['mean_b'], z['std_b'])} against "
+                       f"{_ms(z['mean_a'], z['std_a'])} for the function-preserving svd init (the model it starts "
+                       f"from is W + U_r S_r V_rᵀ); after training svd_naive − svd is {_d(f)} ({verdict(f)}).")
+        out.append("")
+
+    # 4. full fine-tuning
+    if any(have(t, "random", "full") for t in tasks):
+        out.append("**How far are the adapters from full fine-tuning?**")
+        for t in tasks:
+            if have(t, "random", "full"):
+                c = paired(runs, t, "random", "full")
+                out.append(f"- {t.upper()}: full − random (LoRA), final {metric(t)}: {_d(c)} ({verdict(c)}).")
+        out.append("")
+
+    # 5. spectra
+    if spectra_csv and Path(spectra_csv).is_file():
+        out += spectra_sentences(spectra_csv) + [""]
+
+    # 6. limits, computed where possible
+    out.append("**What these results do not show.**")
+    for t in tasks:
+        if chance[t]:
+            base = float(np.nanmean(runs.loc[runs["task"] == t, "baseline"]))
+            out.append(f"- {t.upper()}: no adapter method ends above the majority-class baseline ({base:.3f}); "
+                       "the comparisons on this task say nothing about the inits.")
+    out.append(f"- With {_count(seeds)} a difference of about one seed-to-seed std cannot be "
+               "told from noise; \"not distinguishable\" is not \"equal\".")
+    out.append("- One small model (all-MiniLM-L6-v2, 22 M parameters), one rank (8, on query and value), one adapter "
+               "learning rate per task (tuned on random init only) and a few CPU epochs: the ranking of inits may "
+               "differ for larger models, other ranks and longer training.")
+    return "\n".join(out)
+
+
+def spectra_sentences(spectra_csv) -> list[str]:
+    """Sentences on ΔW's spectra per method, from the per-layer CSV (averaged over layers, seeds, tasks)."""
+    import pandas as pd
+
+    t = pd.read_csv(spectra_csv)
+    g = t.groupby("method")[["stable_rank", "effective_rank", "energy_top1", "overlap_right_top",
+                             "overlap_left_top", "overlap_random"]].mean()
+    rnd = float(g["overlap_random"].mean())
+    out = ["**How do the updates differ?** (ΔW relative to the pretrained W, averaged over the adapted layers, "
+           "seeds and tasks; overlap = mean cos² of the principal angles between ΔW's top-r singular subspace and "
+           f"W's, {rnd:.3f} for random subspaces)"]
+    for m, r in g.iterrows():
+        out.append(f"- {m}: stable rank {r['stable_rank']:.2f}, effective rank {r['effective_rank']:.1f}, top singular "
+                   f"value holds {r['energy_top1']:.0%} of the energy; overlap with W's top-r input subspace "
+                   f"{r['overlap_right_top']:.3f}, output subspace {r['overlap_left_top']:.3f}.")
+    return out

@@ -1,0 +1,113 @@
+"""Tests of harness.findings: paired-by-seed comparisons (against scipy), the points read off a dev
+curve, verdict wording, and the book's generated sentences on hand-made logs (no training)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from harness import book, findings, report
+from harness.config import make_config
+from test_report import make_log, write_logs
+
+RANDOM = {0: 0.80, 1: 0.84, 2: 0.79}
+SVD = {0: 0.83, 1: 0.88, 2: 0.82, 3: 0.99}         # seed 3 has no random partner: left out of pairs
+NAIVE = {0: 0.60, 1: 0.62, 2: 0.61}
+PRESET_LR = make_config("mrpc", "random", "smoke")["lr"]
+
+
+def _logs(**kw):
+    """MRPC logs at the smoke preset's own learning rate (lr=None: not overridden)."""
+    kw.setdefault("lr", None)
+    return ([make_log("mrpc", "random", s, final={"accuracy": v}, n_evals=5, **kw) for s, v in RANDOM.items()]
+            + [make_log("mrpc", "svd", s, final={"accuracy": v}, n_evals=5, **kw) for s, v in SVD.items()]
+            + [make_log("mrpc", "svd_naive", s, final={"accuracy": v}, n_evals=5, **kw) for s, v in NAIVE.items()])
+
+
+@pytest.fixture()
+def grid_dir(tmp_path):
+    logs = _logs()
+    # RTE where nothing beats the majority class (baseline 0.6)
+    logs += [make_log("rte", m, s, final={"accuracy": 0.5 + 0.01 * s}, n_evals=5, baseline=0.6, lr=None)
+             for m in ("random", "svd") for s in range(3)]
+    return write_logs(tmp_path / "quick", logs)
+
+
+def test_curve_points_read_the_dev_curve():
+    lg = make_log("mrpc", "random", 0, final={"accuracy": 0.8}, n_evals=5, epochs=2)
+    # evals at epochs 0, .5, 1, 1.5, 2 with accuracy 0.8·(i+1)/5, the last one = final
+    p = findings.curve_points(lg)
+    assert p["step0"] == pytest.approx(0.16)
+    assert p["first"] == pytest.approx(0.32)                   # epoch 0.5
+    assert p["epoch1"] == pytest.approx(0.48)                  # the evaluation at epoch 1.0
+    assert p["curve"] == pytest.approx(np.mean([0.32, 0.48, 0.64, 0.8]))
+    assert p["final"] == pytest.approx(0.8)
+
+
+def test_paired_matches_scipy_and_drops_unpaired_seeds(grid_dir):
+    runs = findings.points_table(grid_dir)
+    c = findings.paired(runs, "mrpc", "random", "svd")
+    a, b = np.array([RANDOM[s] for s in range(3)]), np.array([SVD[s] for s in range(3)])
+    assert c["seeds"] == [0, 1, 2] and c["n"] == 3
+    assert c["diff"] == pytest.approx((b - a).mean())
+    assert c["diff_std"] == pytest.approx((b - a).std(ddof=1))
+    assert c["diffs"] == pytest.approx(list(b - a))
+    assert c["mean_a"] == pytest.approx(a.mean()) and c["std_b"] == pytest.approx(b.std(ddof=1))
+    assert c["p"] == pytest.approx(stats.ttest_rel(b, a).pvalue)
+    assert c["wins"] == 3
+
+
+def test_verdicts():
+    base = dict(a="random", b="svd", diff=0.03, diff_std=0.005)
+    assert findings.verdict({**base, "n": 3, "p": 0.01, "wins": 3}).startswith("svd ahead of random in all 3 seeds")
+    assert findings.verdict({**base, "n": 3, "p": 0.01, "wins": 0, "diff": -0.03}).startswith("svd behind random")
+    # significant-looking p but the sign disagrees between seeds: not a finding
+    assert "not distinguishable" in findings.verdict({**base, "n": 3, "p": 0.04, "wins": 2})
+    assert "not distinguishable" in findings.verdict({**base, "n": 3, "p": 0.4, "wins": 3})
+    assert "no conclusion" in findings.verdict({**base, "n": 2, "p": math.nan, "wins": 2})
+    assert findings.verdict({**base, "n": 0, "p": math.nan, "wins": 0}) == "no shared seeds yet"
+
+
+def test_findings_markdown_states_computed_numbers(grid_dir, tmp_path):
+    text = findings.findings_markdown(grid_dir)
+    d = np.array([SVD[s] - RANDOM[s] for s in range(3)])
+    assert f"{d.mean():+.3f} ± {d.std(ddof=1):.3f}" in text          # svd − random, final, paired
+    assert "svd ahead of random in all 3 seeds" in text
+    assert "Computed from 16 runs in `logs/quick`" in text
+    naive0 = np.mean([NAIVE[s] / 5 for s in range(3)])                  # step-0 value of make_log's curve
+    assert f"before training its accuracy is {naive0:.3f}" in text
+    # RTE: nothing above the baseline, and the page says the comparison is uninformative there
+    assert "RTE: no adapter method ends above the majority-class baseline (0.600)" in text
+    assert "differences are noise" in text
+
+
+def test_comparison_and_lr_tables(grid_dir, tmp_path):
+    t = findings.comparison_table(grid_dir)
+    row = t[(t["task"] == "mrpc") & (t["comparison"] == "svd − random") & (t["at"] == "final")].iloc[0]
+    assert row["seeds"] == 3 and row["b ahead in"] == "3/3"
+    assert set(t["comparison"]) == {"svd − random", "svd_naive − svd"}     # only pairs that have runs
+    assert len(findings.lr_table(grid_dir)) == 0                          # one lr: no lr block yet
+    # add an lr block: random and svd at lr 1e-4 for seeds 0-2
+    extra = [make_log("mrpc", m, s, final={"accuracy": v}, n_evals=5, lr=1e-4)
+             for m, vals in (("random", {0: 0.70, 1: 0.71, 2: 0.69}), ("svd", {0: 0.75, 1: 0.77, 2: 0.74}))
+             for s, v in vals.items()]
+    write_logs(grid_dir, extra)
+    lt = findings.lr_table(grid_dir)
+    assert sorted(set(lt["lr"])) == pytest.approx([1e-4, PRESET_LR])
+    r = lt[(lt["lr"] == 1e-4) & (lt["at"] == "final")].iloc[0]
+    assert r["svd − random (paired)"] == f"{np.mean([0.05, 0.06, 0.05]):+.3f} ± {np.std([0.05, 0.06, 0.05], ddof=1):.3f}"
+    # the main comparison still uses the preset's lr, not the block's (random has 3 runs at each: a tie)
+    c = findings.paired(findings.points_table(grid_dir), "mrpc", "random", "svd")
+    assert c["lr_a"] == pytest.approx(PRESET_LR) and c["lr_b"] == pytest.approx(PRESET_LR) and c["n"] == 3
+    head, _ = book.headline(grid_dir)
+    assert head.loc[head["method"] == "random", "mrpc"].iloc[0].startswith(f"{np.mean(list(RANDOM.values())):.3f}")
+
+
+def test_differences_figure(grid_dir, tmp_path):
+    out = report.differences_figure(grid_dir, tmp_path / "fig")
+    entry = out["differences"]
+    assert (tmp_path / "fig" / "differences.png").stat().st_size > 5000
+    assert "mrpc-svd-" in " ".join(entry["runs"]) and "paired differences" in entry["caption"].lower()
+    assert not report.differences_figure(write_logs(tmp_path / "solo", _logs()[:1]), tmp_path / "fig2")
