@@ -244,7 +244,7 @@ def benchmark_tables(path=None) -> list[tuple]:
     times = pd.DataFrame([dict(setup=k, median_ms=v["median"], trainable_params=v["trainable_params"])
                           for k, v in b["step_time_ms"].items()])
     ratios = pd.DataFrame([dict(ratio=k, of_medians=v, paired_median=b["ratios_paired_median"][k],
-                                target=f"≤ {b['ratio_targets'][k]:.2f}")
+                                target=f"≤ {b['ratio_targets'][k]:.2f}" if k in b["ratio_targets"] else "–")
                            for k, v in b["ratios"].items()])
     mem = pd.DataFrame([dict(setup=k, MiB=v / 2**20, storages=b["saved_storages"][k])
                         for k, v in b["saved_bytes"].items()])
@@ -258,7 +258,8 @@ def benchmark_tables(path=None) -> list[tuple]:
     return [(times, f"Training step time (forward + backward + AdamW), median of {s['timed_steps']} interleaved "
                     f"steps; {where}."),
             (ratios, "Step-time ratios: of the medians, and the median of per-round paired ratios (robust to "
-                     "load drift on a shared machine)."),
+                     "load drift on a shared machine). `floor_qv`: no adapter, gradients forced to every query/value "
+                     "output (a rank-0 adapter), the least any q/v adapter can cost."),
             (mem, "Bytes autograd saves for backward in one training forward (storages deduplicated; "
                   "parameters excluded). `_p0`: adapter dropout 0; `_all`: every Linear of the encoder."),
             (fa, "LoRA-FA's saving against LoRA: measured vs predicted Σ tokens·in_features·4 bytes over adapted "

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import _logs, _num, main_lr, runs_table
+from .report import _logs, _method_order, _num, main_lr, runs_table
 
 QUANTITIES = ("final", "step0", "first", "epoch1", "curve")
 ALPHA = 0.05
@@ -210,7 +210,7 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None) -> str:
     name = Path(log_dir).name
     seeds = runs.groupby(["task", "method"])["seed"].nunique()
     out = [f"*Computed from {len(runs)} runs in `logs/{name}` "
-           f"({seeds.min()}–{seeds.max()} seeds per task and method; "
+           f"({_count(seeds)} per task and method; "
            f"differences are paired by seed, ± is their sample std, p a paired t-test).*", ""]
     tasks = _task_order(runs)
     chance = {t: not any(learned(runs, t).get(m, False) for m in set(runs.loc[runs['task'] == t, 'method']) - {"full"})
@@ -260,10 +260,11 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None) -> str:
         b = json.loads(Path(benchmark).read_text())
         sb, fa = b["saved_bytes"], b["fa_saving"]["lora_qv_vs_lora_fa_qv"]
         s = b["settings"]
-        out.append(f"- Memory (benchmark, batch {s['batch']} × {s['seq_len']} tokens): freezing A saves "
-                   f"{fa['measured'] / 2**20:.1f} MiB of activations saved for backward "
-                   f"({fa['measured'] / sb['lora_qv']:.1%} of LoRA's {sb['lora_qv'] / 2**20:.0f} MiB; predicted "
-                   f"{fa['predicted'] / 2**20:.1f} MiB), and on every Linear of the encoder "
+        out.append(f"- Memory (benchmark, batch {s['batch']} × {s['seq_len']} tokens): freezing A cuts the "
+                   f"activations kept for backward by {fa['measured'] / 2**20:.1f} MiB "
+                   f"({fa['measured'] / sb['lora_qv']:.1%} of LoRA's {sb['lora_qv'] / 2**20:.0f} MiB on query/value; "
+                   f"full fine-tuning keeps {sb['full_ft'] / 2**20:.0f} MiB; predicted saving "
+                   f"{fa['predicted'] / 2**20:.1f} MiB), and with adapters on every Linear of the encoder by "
                    f"{b['fa_saving']['lora_all_vs_lora_fa_all']['measured'] / 2**20:.0f} MiB "
                    f"({b['fa_saving']['lora_all_vs_lora_fa_all']['measured'] / sb['lora_all']:.0%}).")
     out.append("")
@@ -291,7 +292,7 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None) -> str:
 
     # 5. spectra
     if spectra_csv and Path(spectra_csv).is_file():
-        out += spectra_sentences(spectra_csv) + [""]
+        out += spectra_sentences(spectra_csv, [t for t in tasks if not chance[t]] or tasks) + [""]
 
     # 6. limits, computed where possible
     out.append("**What these results do not show.**")
@@ -308,18 +309,22 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None) -> str:
     return "\n".join(out)
 
 
-def spectra_sentences(spectra_csv) -> list[str]:
-    """Sentences on ΔW's spectra per method, from the per-layer CSV (averaged over layers, seeds, tasks)."""
+def spectra_sentences(spectra_csv, tasks=None) -> list[str]:
+    """Sentences on ΔW's spectra per method, from the per-layer CSV, averaged over layers, seeds and
+    ``tasks`` (default: all; the book passes the tasks where some adapter beat the baseline)."""
     import pandas as pd
 
     t = pd.read_csv(spectra_csv)
+    tasks = list(tasks) if tasks is not None else sorted(set(t["task"]))
+    t = t[t["task"].isin(tasks)]
     g = t.groupby("method")[["stable_rank", "effective_rank", "energy_top1", "overlap_right_top",
                              "overlap_left_top", "overlap_random"]].mean()
     rnd = float(g["overlap_random"].mean())
     out = ["**How do the updates differ?** (ΔW relative to the pretrained W, averaged over the adapted layers, "
-           "seeds and tasks; overlap = mean cos² of the principal angles between ΔW's top-r singular subspace and "
+           f"seeds and tasks ({', '.join(x.upper() for x in tasks)}); overlap = mean cos² of the principal angles between ΔW's top-r singular subspace and "
            f"W's, {rnd:.3f} for random subspaces)"]
-    for m, r in g.iterrows():
+    for m in _method_order(g.index):
+        r = g.loc[m]
         out.append(f"- {m}: stable rank {r['stable_rank']:.2f}, effective rank {r['effective_rank']:.1f}, top singular "
                    f"value holds {r['energy_top1']:.0%} of the energy; overlap with W's top-r input subspace "
                    f"{r['overlap_right_top']:.3f}, output subspace {r['overlap_left_top']:.3f}.")

@@ -111,3 +111,18 @@ def test_differences_figure(grid_dir, tmp_path):
     assert (tmp_path / "fig" / "differences.png").stat().st_size > 5000
     assert "mrpc-svd-" in " ".join(entry["runs"]) and "paired differences" in entry["caption"].lower()
     assert not report.differences_figure(write_logs(tmp_path / "solo", _logs()[:1]), tmp_path / "fig2")
+
+
+def test_spectra_sentences_average_the_chosen_tasks(tmp_path):
+    import pandas as pd
+    rows = [dict(task=t, method=m, stable_rank=sr, effective_rank=2 * sr, energy_top1=0.5, overlap_right_top=ov,
+                 overlap_left_top=ov, overlap_random=8 / 384)
+            for t, m, sr, ov in (("mrpc", "svd", 3.0, 0.5), ("mrpc", "svd", 5.0, 0.7), ("rte", "svd", 100.0, 0.0),
+                                 ("mrpc", "random", 1.5, 0.02))]
+    csv = tmp_path / "spectra.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    lines = findings.spectra_sentences(csv, ["mrpc"])
+    assert "(MRPC)" in lines[0] and "0.021 for random subspaces" in lines[0]
+    assert lines[1].startswith("- random: stable rank 1.50")                # method order: random before svd
+    assert lines[2].startswith("- svd: stable rank 4.00, effective rank 8.0") and "input subspace 0.600" in lines[2]
+    assert "stable rank 36.00" in findings.spectra_sentences(csv)[2]       # all tasks: (3 + 5 + 100) / 3
