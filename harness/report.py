@@ -423,12 +423,18 @@ def _band(ax, frame, label, color, marker=None):
                         color=color, alpha=0.18, lw=0)
 
 
-def convergence_figure(log_dir, fig_dir, task: str, x: str = "epoch", show: bool | None = False) -> dict:
+def convergence_figure(log_dir, fig_dir, task: str, x: str = "epoch", show: bool | None = False,
+                       main_lr_only: bool = True) -> dict:
     """``convergence_<task>.png``: left, the dev main metric vs epoch (``x="step"``: vs step) per
     method — mean over seeds, min–max band, majority baseline dashed; right, the training loss
     (rolling mean over ~1/4 epoch, then mean over seeds, with min–max band).  Failed runs are not
-    plotted.  Returns manifest entries ``{"convergence_<task>": {...}}`` (empty without runs)."""
+    plotted; with ``main_lr_only`` neither are runs of an extra learning-rate block (each method at
+    :func:`main_lr`; the lr figures show the others).  Returns manifest entries
+    ``{"convergence_<task>": {...}}`` (empty without runs)."""
     logs = _logs(log_dir, task)
+    if logs and main_lr_only:
+        runs = runs_table(log_dir)
+        logs = [lg for lg in logs if np.isclose(lg["config"]["lr"], main_lr(runs, task, lg["config"]["method"]))]
     if not logs:
         return {}
     main = logs[0]["task"]["main_metric"]

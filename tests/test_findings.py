@@ -126,3 +126,12 @@ def test_spectra_sentences_average_the_chosen_tasks(tmp_path):
     assert lines[1].startswith("- random: stable rank 1.50")                # method order: random before svd
     assert lines[2].startswith("- svd: stable rank 4.00, effective rank 8.0") and "input subspace 0.600" in lines[2]
     assert "stable rank 36.00" in findings.spectra_sentences(csv)[2]       # all tasks: (3 + 5 + 100) / 3
+
+
+def test_convergence_figure_leaves_out_the_lr_block(grid_dir, tmp_path):
+    extra = [make_log("mrpc", "random", s, final={"accuracy": 0.7}, n_evals=5, lr=1e-4) for s in range(3)]
+    write_logs(grid_dir, extra)
+    runs = report.convergence_figure(grid_dir, tmp_path / "fig", "mrpc")["convergence_mrpc"]["runs"]
+    assert len(runs) == 10 and not any("lr1e-4" in r for r in runs)        # 3 random + 4 svd + 3 svd_naive
+    every = report.convergence_figure(grid_dir, tmp_path / "fig", "mrpc", main_lr_only=False)
+    assert len(every["convergence_mrpc"]["runs"]) == 13
