@@ -267,6 +267,38 @@ def benchmark_tables(path=None) -> list[tuple]:
                  "inputs.")]
 
 
+def benchmark_verdict(path=None) -> str:
+    """Sentences on the speed targets, computed from ``logs/benchmark_lora.json``: each ratio against
+    its target, and, when the run has the rank-0 floor, how far any q/v adapter could get."""
+    path = Path(path) if path else logs_root() / "benchmark_lora.json"
+    if not path.is_file():
+        return "*(no benchmark recorded yet: run `make bench`)*"
+    b = json.loads(path.read_text())
+    r, rp, tg, ms = b["ratios"], b["ratios_paired_median"], b["ratio_targets"], b["step_time_ms"]
+    out = []
+    for k, target in tg.items():
+        ok = r[k] <= target
+        out.append(f"- `{k}` = {r[k]:.3f} (paired {rp[k]:.3f}): target ≤ {target:.2f} **{'met' if ok else 'missed'}**.")
+    if "floor_over_full" in r:
+        out.append(f"- The floor — the frozen model with gradients forced to every query/value output but no adapter "
+                   f"(`floor_qv`, {ms['floor_qv']['median']:.0f} ms against {ms['full_ft']['median']:.0f} ms for full "
+                   f"fine-tuning) — is already at {r['floor_over_full']:.3f} of full fine-tuning. Our adapters add "
+                   f"{ms['ours_lora']['median'] - ms['floor_qv']['median']:.0f} ms to it ({r['ours_over_floor'] - 1:.0%}; "
+                   f"PEFT's add {ms['peft_lora']['median'] - ms['floor_qv']['median']:.0f} ms). LoRA saves the weight-gradient "
+                   f"GEMMs and the optimizer over {ms['full_ft']['trainable_params'] / 1e6:.1f} M parameters, but its "
+                   "forward is the full model's and its backward must still carry input gradients through every layer "
+                   "down to layer 0's query and value.")
+        if "ours_over_full" in tg:
+            budget = tg["ours_over_full"] * ms["full_ft"]["median"] - ms["floor_qv"]["median"]
+            out.append(f"- Hence the target `ours_over_full` ≤ {tg['ours_over_full']:.2f} leaves any q/v adapter "
+                       f"{budget:.0f} ms above the floor ({budget / ms['floor_qv']['median']:.1%}) for its dropout, "
+                       "its own matrix products and its optimizer step"
+                       + (": out of reach on this workload." if budget < 0.05 * ms["floor_qv"]["median"] else "."))
+    out.append(f"- Recorded {b['created']} with {b['threads']} threads on {b['cpu_model']} "
+               f"(load average {b['load_avg_before_after'][0]:.2f} before, {b['load_avg_before_after'][1]:.2f} after).")
+    return "\n".join(out)
+
+
 def chosen_lr_table(sweep_dir, preset: str = "quick"):
     """Per task: the (lr, epochs) pairs the sweep tried, the one with the best final dev metric, and
     the adapter lr and epochs the preset uses (they should agree: the preset is set from the sweep)."""
