@@ -135,3 +135,23 @@ def test_convergence_figure_leaves_out_the_lr_block(grid_dir, tmp_path):
     assert len(runs) == 10 and not any("lr1e-4" in r for r in runs)        # 3 random + 4 svd + 3 svd_naive
     every = report.convergence_figure(grid_dir, tmp_path / "fig", "mrpc", main_lr_only=False)
     assert len(every["convergence_mrpc"]["runs"]) == 13
+
+
+def test_benchmark_verdict_from_json(tmp_path):
+    import json
+    ms = {"ours_lora": 1030.0, "peft_lora": 1035.0, "full_ft": 1280.0, "floor_qv": 894.0}
+    b = {"created": "2026-01-01", "threads": 2, "cpu_model": "cpu", "load_avg_before_after": [0.1, 1.0],
+         "step_time_ms": {k: {"median": v, "trainable_params": 22_713_986 if k == "full_ft" else 1} for k, v in ms.items()},
+         "ratios": {"ours_over_peft": 1030 / 1035, "ours_over_full": 1030 / 1280, "floor_over_full": 894 / 1280,
+                    "ours_over_floor": 1030 / 894},
+         "ratios_paired_median": {"ours_over_peft": 0.99, "ours_over_full": 0.81, "floor_over_full": 0.7,
+                                  "ours_over_floor": 1.15},
+         "ratio_targets": {"ours_over_peft": 1.0, "ours_over_full": 0.70}}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(b))
+    text = book.benchmark_verdict(path)
+    assert "`ours_over_peft` = 0.995 (paired 0.990): target ≤ 1.00 **met**" in text
+    assert "`ours_over_full` = 0.805 (paired 0.810): target ≤ 0.70 **missed**" in text
+    assert f"{0.70 * 1280 - 894:.0f} ms above the floor" in text and "out of reach" in text
+    assert "22.7 M parameters" in text and "Our adapters add 136 ms" in text
+    assert "no benchmark" in book.benchmark_verdict(tmp_path / "none.json")
