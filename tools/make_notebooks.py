@@ -16,6 +16,8 @@ def notebook(title: str, intro: str, params: str, *cells: str):
     nb.cells = [nbf.v4.new_markdown_cell(f"# {title}\n\n{intro}"),
                 nbf.v4.new_code_cell(params, metadata={"tags": ["parameters"]})]
     nb.cells += [nbf.v4.new_markdown_cell(c[3:]) if c.startswith("md:") else nbf.v4.new_code_cell(c) for c in cells]
+    for i, cell in enumerate(nb.cells):     # stable ids: regenerating does not churn the committed files
+        cell.id = f"cell-{i}"
     return nb
 
 
@@ -50,11 +52,14 @@ NOTEBOOKS = {
     ),
     "compare.ipynb": notebook(
         "Comparing methods: convergence and final metrics",
-        "Convergence curves (mean and band over seeds) and the final-metric table (mean ± std) for the "
-        "runs of one grid. Writes figures and tables to `figures/`.",
+        "Convergence curves (mean and band over seeds), the final-metric table (mean ± std) and the "
+        "paired-by-seed comparisons between methods for the runs of one grid. Writes figures and tables "
+        "to `figures/`.",
         'log_dir = "logs/quick"\n'
         'fig_dir = "figures"',
         "from harness.report import compare_figures\n\ncompare_figures(log_dir, fig_dir)",
+        "from harness.findings import comparison_table\n\ncomparison_table(log_dir)   # paired by seed, "
+        "at each method's preset lr",
     ),
 }
 
