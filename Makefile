@@ -39,8 +39,10 @@ $(MATHJAX):
 	  mkdir -p book/_static/mathjax/output/chtml/fonts && \
 	  cp -r $$tmp/package/es5/output/chtml/fonts/woff-v2 book/_static/mathjax/output/chtml/fonts/ && rm -rf $$tmp
 
+# --all: pages read logs/ and figures/, which Sphinx does not track, so an incremental build would
+# keep showing old results for pages whose text did not change.
 book: install $(MATHJAX)
-	$(VENV)/bin/jupyter-book build book -W -n --keep-going
+	$(VENV)/bin/jupyter-book build book --all -W -n --keep-going
 
 clean-book:
 	rm -rf book/_build

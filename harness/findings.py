@@ -113,8 +113,17 @@ def _d(c, digits=3) -> str:
     """"+0.012 ± 0.008" (mean ± std of the paired differences; no ± for one seed)."""
     if not np.isfinite(c["diff"]):
         return "n/a"
-    s = f"{c['diff']:+.{digits}f}"
+    d = c["diff"] if round(c["diff"], digits) != 0 else 0.0     # no "-0.000"
+    s = f"{d:+.{digits}f}"
     return s + (f" ± {c['diff_std']:.{digits}f}" if np.isfinite(c["diff_std"]) else "")
+
+
+TASK_NAMES = {"mrpc": "MRPC", "rte": "RTE", "cola": "CoLA", "sst2": "SST-2", "qnli": "QNLI", "qqp": "QQP",
+              "mnli": "MNLI", "stsb": "STS-B", "wnli": "WNLI"}
+
+
+def _name(task: str) -> str:
+    return TASK_NAMES.get(task, task.upper())
 
 
 def _count(seeds) -> str:
@@ -228,7 +237,7 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None) -> str:
         if not have(t, "random", "svd"):
             continue
         f, q1, cv = (paired(runs, t, "random", "svd", q) for q in ("final", "first", "curve"))
-        line = (f"- {t.upper()} ({metric(t)}): final {_ms(f['mean_b'], f['std_b'])} for svd vs "
+        line = (f"- {_name(t)} ({metric(t)}): final {_ms(f['mean_b'], f['std_b'])} for svd vs "
                 f"{_ms(f['mean_a'], f['std_a'])} for random, paired difference {_d(f)} ({verdict(f)}). "
                 f"Early, after the first evaluation: {_d(q1)} ({verdict(q1)}); "
                 f"averaged over the dev curve: {_d(cv)} ({verdict(cv)}).")
@@ -249,7 +258,7 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None) -> str:
         for b in ("lora_fa", "lora_fa_svd"):
             if have(t, "random", b):
                 c = paired(runs, t, "random", b)
-                out.append(f"- {t.upper()}: {b} − random, final {metric(t)}: {_d(c)} ({verdict(c)})"
+                out.append(f"- {_name(t)}: {b} − random, final {metric(t)}: {_d(c)} ({verdict(c)})"
                            + (" (at chance level)" if chance[t] else "") + ".")
     params = runs.groupby("method")["trainable"].median()
     if {"random", "lora_fa"} <= set(params.index):
@@ -276,7 +285,7 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None) -> str:
             if not have(t, "svd", "svd_naive"):
                 continue
             z, f = paired(runs, t, "svd", "svd_naive", "step0"), paired(runs, t, "svd", "svd_naive")
-            out.append(f"- {t.upper()}: before training its {metric(t)} is {_ms(z['mean_b'], z['std_b'])} against "
+            out.append(f"- {_name(t)}: before training its {metric(t)} is {_ms(z['mean_b'], z['std_b'])} against "
                        f"{_ms(z['mean_a'], z['std_a'])} for the function-preserving svd init (the model it starts "
                        f"from is W + U_r S_r V_rᵀ); after training svd_naive − svd is {_d(f)} ({verdict(f)}).")
         out.append("")
@@ -287,7 +296,7 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None) -> str:
         for t in tasks:
             if have(t, "random", "full"):
                 c = paired(runs, t, "random", "full")
-                out.append(f"- {t.upper()}: full − random (LoRA), final {metric(t)}: {_d(c)} ({verdict(c)}).")
+                out.append(f"- {_name(t)}: full − random (LoRA), final {metric(t)}: {_d(c)} ({verdict(c)}).")
         out.append("")
 
     # 5. spectra
@@ -299,7 +308,7 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None) -> str:
     for t in tasks:
         if chance[t]:
             base = float(np.nanmean(runs.loc[runs["task"] == t, "baseline"]))
-            out.append(f"- {t.upper()}: no adapter method ends above the majority-class baseline ({base:.3f}); "
+            out.append(f"- {_name(t)}: no adapter method ends above the majority-class baseline ({base:.3f}); "
                        "the comparisons on this task say nothing about the inits.")
     out.append(f"- With {_count(seeds)} a difference of about one seed-to-seed std cannot be "
                "told from noise; \"not distinguishable\" is not \"equal\".")
@@ -321,7 +330,7 @@ def spectra_sentences(spectra_csv, tasks=None) -> list[str]:
                              "overlap_left_top", "overlap_random"]].mean()
     rnd = float(g["overlap_random"].mean())
     out = ["**How do the updates differ?** (ΔW relative to the pretrained W, averaged over the adapted layers, "
-           f"seeds and tasks ({', '.join(x.upper() for x in tasks)}); overlap = mean cos² of the principal angles between ΔW's top-r singular subspace and "
+           f"seeds and tasks ({', '.join(_name(x) for x in tasks)}); overlap = mean cos² of the principal angles between ΔW's top-r singular subspace and "
            f"W's, {rnd:.3f} for random subspaces)"]
     for m in _method_order(g.index):
         r = g.loc[m]
