@@ -64,7 +64,7 @@ def points_table(log_dir):
 def paired(runs, task: str, a: str, b: str, quantity: str = "final", lr_a=None, lr_b=None) -> dict:
     """Paired-by-seed comparison of method ``b`` against ``a`` on ``task`` (see the module docstring).
 
-    ``lr_a``/``lr_b``: the learning rate of each side (default: the one most of its runs use).
+    ``lr_a``/``lr_b``: the learning rate of each side (default: :func:`harness.report.main_lr`, the preset's).
     Returns n, seeds, mean_a, mean_b, std_a, std_b, diff (mean of b − a), diff_std, wins (seeds where
     b > a), p (paired t-test; NaN for n < 3 or zero spread), diffs (b − a per shared seed)."""
     from scipy import stats
@@ -94,14 +94,14 @@ def paired(runs, task: str, a: str, b: str, quantity: str = "final", lr_a=None, 
                 wins=int((d > 0).sum()), p=p, diffs=[float(x) for x in d])
 
 
-def verdict(c: dict, what: str = "") -> str:
+def verdict(c: dict) -> str:
     """A short judgement of a paired comparison: ahead / behind / not distinguishable / too few seeds."""
     if c["n"] == 0:
         return "no shared seeds yet"
     if c["n"] < 3:
         return f"only {c['n']} shared seed{'s' if c['n'] > 1 else ''}: no conclusion yet"
     if np.isfinite(c["p"]) and c["p"] < ALPHA and c["wins"] in (0, c["n"]):
-        return f"{c['b']} {'ahead of' if c['diff'] > 0 else 'behind'} {c['a']}{what} in all {c['n']} seeds (p = {c['p']:.3f})"
+        return f"{c['b']} {'ahead of' if c['diff'] > 0 else 'behind'} {c['a']} in all {c['n']} seeds (p = {c['p']:.3f})"
     return f"not distinguishable from zero at n = {c['n']} (p = {_p(c['p'])})"
 
 
