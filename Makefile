@@ -27,9 +27,10 @@ grid: install
 	for spec in $(GRIDS); do GLUE_DIR=$(GLUE_DIR) $(PY) -m harness grid $$spec \
 	  || echo "$$spec: some runs failed; their logs say why (the book lists them)"; done
 
-# Figures and tables under figures/ are pure functions of logs/ (no training).
+# Figures and tables under figures/, and README's result table, are pure functions of logs/ (no training).
 figures: install
 	$(PY) -m harness figures --logs logs --out figures
+	$(PY) -m harness readme configs/quick.yaml
 
 # MathJax from the npm registry into _static, so the book renders math offline.
 $(MATHJAX):

@@ -1,9 +1,10 @@
-"""Command line: ``python -m harness {run,grid,status,figures}``.  ``-h`` on each for its options."""
+"""Command line: ``python -m harness {run,grid,status,figures,readme}``.  ``-h`` on each for its options."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .tasks import UserError
 
@@ -46,6 +47,10 @@ def main(argv=None) -> int:
     f.add_argument("--logs", default="logs")
     f.add_argument("--out", default="figures")
 
+    m = sub.add_parser("readme", help="rewrite README.md's result table from a grid's logs")
+    m.add_argument("spec", nargs="?", default="configs/quick.yaml")
+    m.add_argument("--readme", default=str(Path(__file__).resolve().parent.parent / "README.md"))
+
     args = ap.parse_args(argv)
     try:
         if args.cmd == "run":
@@ -80,6 +85,11 @@ def main(argv=None) -> int:
                 counts[st] = counts.get(st, 0) + 1
                 print(f"{st:7s} {run_id(cfg)}")
             print(", ".join(f"{v} {k}" for k, v in counts.items()))
+            return 0
+        if args.cmd == "readme":
+            from .book import update_readme
+            changed = update_readme(args.readme, args.spec)
+            print(f"{args.readme}: {'updated' if changed else 'unchanged'}")
             return 0
         if args.cmd == "figures":
             from .report import build_all

@@ -210,9 +210,9 @@ def learned(runs, task: str) -> dict:
     return out
 
 
-def findings_markdown(log_dir, benchmark=None, spectra_csv=None) -> str:
+def findings_markdown(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=None) -> str:
     """The book's "what the results show" section, every number computed here from the logs of
-    ``log_dir`` (plus the benchmark JSON and the spectra CSV when given)."""
+    ``log_dir`` (plus the benchmark JSON and the spectra and subspace CSVs when given)."""
     runs = points_table(log_dir)
     if len(runs) == 0:
         return "*(no runs logged yet)*"
@@ -302,6 +302,8 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None) -> str:
     # 5. spectra
     if spectra_csv and Path(spectra_csv).is_file():
         out += spectra_sentences(spectra_csv, [t for t in tasks if not chance[t]] or tasks) + [""]
+    if subspaces_csv and Path(subspaces_csv).is_file():
+        out += subspace_sentences(subspaces_csv, [t for t in tasks if not chance[t]] or tasks) + [""]
 
     # 6. limits, computed where possible
     out.append("**What these results do not show.**")
@@ -337,4 +339,44 @@ def spectra_sentences(spectra_csv, tasks=None) -> list[str]:
         out.append(f"- {m}: stable rank {r['stable_rank']:.2f}, effective rank {r['effective_rank']:.1f}, top singular "
                    f"value holds {r['energy_top1']:.0%} of the energy; overlap with W's top-r input subspace "
                    f"{r['overlap_right_top']:.3f}, output subspace {r['overlap_left_top']:.3f}.")
+    return out
+
+
+def subspace_sentences(subspaces_csv, tasks=None) -> list[str]:
+    """Sentences on whether runs agree on ΔW's top-r subspaces, from ``subspaces_<grid>.csv``
+    (:func:`harness.report.subspace_agreement_table`), averaged over pairs, layers and ``tasks``."""
+    import pandas as pd
+
+    t = pd.read_csv(subspaces_csv)
+    tasks = list(tasks) if tasks is not None else sorted(set(t["task"]))
+    t = t[t["task"].isin(tasks)]
+    if not len(t):
+        return []
+    rnd = float(t["random"].mean())
+    out = ["**Do different runs find the same subspaces?** (subspace similarity φ(r, r) of ΔW's top-r singular "
+           f"vectors of two runs, mean over layers, pairs and tasks ({', '.join(_name(x) for x in tasks)}); "
+           f"1 = the same subspace, {rnd:.3f} = independent random subspaces; input side / output side)"]
+    seeds = t[t["relation"] == "seed"].groupby("method_a")[["phi_in", "phi_out"]].mean()
+    if len(seeds):
+        out.append("- Same method, another seed: " + "; ".join(
+            f"{m} {seeds.loc[m, 'phi_in']:.2f} / {seeds.loc[m, 'phi_out']:.2f}" for m in _method_order(seeds.index))
+            + ".")
+    inits = t[t["relation"] == "init"].copy()
+    if len(inits):
+        order = {m: i for i, m in enumerate(_method_order(set(inits["method_a"]) | set(inits["method_b"])))}
+        inits["pair"] = [" vs ".join(sorted((a, b), key=order.get)) for a, b in zip(inits["method_a"], inits["method_b"])]
+        g = inits.groupby("pair")[["phi_in", "phi_out"]].mean()
+        wanted = [p for p in ("random vs svd", "full vs random", "full vs svd", "random vs lora_fa",
+                              "svd vs lora_fa_svd") if p in g.index]
+        if wanted:
+            out.append("- Same seed, another init: " + "; ".join(
+                f"{p} {g.loc[p, 'phi_in']:.2f} / {g.loc[p, 'phi_out']:.2f}" for p in wanted) + ".")
+    if {"random", "full"} <= set(seeds.index):
+        r, f = seeds.loc["random", "phi_in"], seeds.loc["full", "phi_in"]
+        out.append(f"- Across seeds, full fine-tuning's input subspaces agree at {f / rnd:.1f}× the random level and "
+                   f"random-init LoRA's at {r / rnd:.1f}×.")
+    out.append("- `svd_naive` keeps its start U_r S_r V_rᵀ inside ΔW and `lora_fa_svd` fixes ΔW's row space to "
+               "span(V_r), so their agreement on the input side is built in by the init, not found by training; "
+               "`svd` starts every seed from the same factors (W's top-r singular pairs), so part of its agreement "
+               "is the init's too.")
     return out

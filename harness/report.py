@@ -787,6 +787,71 @@ def spectra_table(log_dir, task: str | None = None, weights=None, top: int | Non
     return df
 
 
+def subspace_agreement_table(log_dir, task: str | None = None, fig_dir=None, name: str | None = None) -> "pd.DataFrame":
+    """Do two runs put ΔW in the same subspaces?  One row per pair of ok runs of a task (each at its
+    method's :func:`main_lr`, so an lr block is left out) that differ in exactly one thing: the seed
+    (same method: ``relation == "seed"``) or the method (same seed: ``relation == "init"``).
+
+    For every layer both runs adapted, with V (in × r) and U (out × r) the top-r right and left
+    singular vectors of each ΔW (r = r_ref, the grid's usual adapter rank, capped by ΔW's numerical
+    rank), φ = ‖V₁ᵀV₂‖²_F / r (Hu et al. 2021, eq. 4 at i = j = r) is 1 for the same subspace and
+    r/n in expectation for independent random ones.  Columns: run_a, run_b, task, method_a, method_b, seed_a,
+    seed_b, relation, layers, phi_in (mean over layers, right/input side), phi_out (left/output),
+    random (r/n of the input space).  With ``fig_dir`` writes ``subspaces_<name>.csv`` there."""
+    import itertools
+
+    import pandas as pd
+
+    import lora
+    from lora import spectra as sp
+
+    logs = _logs(log_dir, task)
+    runs = runs_table(log_dir)
+    r_ref = _ref_rank(logs)
+    keep = []
+    for lg in logs:
+        c = lg["config"]
+        lr = main_lr(runs, c["task"], c["method"]) if len(runs) else None
+        if _factor_path(lg, log_dir) is not None and (lr is None or np.isclose(float(c["lr"]), lr)):
+            keep.append(lg)
+    vecs = {}
+    for lg in keep:
+        per_layer = {}
+        for layer, (B, A) in lora.load_delta_factors(_factor_path(lg, log_dir)).items():
+            U, S, V = sp.lowrank_svd(B, A)
+            k = min(r_ref, sp.numerical_rank(S))
+            if k > 0:
+                per_layer[layer] = (U[:, :k], V[:, :k])
+        vecs[lg["run_id"]] = per_layer
+    rows = []
+    order = {m: i for i, m in enumerate(_method_order(lg["config"]["method"] for lg in keep))}
+    keep.sort(key=lambda lg: (lg["config"]["task"], order[lg["config"]["method"]], lg["config"]["seed"]))
+    for a, b in itertools.combinations(keep, 2):
+        ca, cb = a["config"], b["config"]
+        same_method, same_seed = ca["method"] == cb["method"], ca["seed"] == cb["seed"]
+        if ca["task"] != cb["task"] or same_method == same_seed:
+            continue
+        va, vb = vecs[a["run_id"]], vecs[b["run_id"]]
+        layers = sorted(set(va) & set(vb))
+        if not layers:
+            continue
+        phi_in, phi_out = [], []
+        for layer in layers:
+            (Ua, Va), (Ub, Vb) = va[layer], vb[layer]
+            k = min(Va.shape[1], Vb.shape[1])
+            phi_in.append(sp.subspace_similarity(Va, Vb, k, k))
+            phi_out.append(sp.subspace_similarity(Ua, Ub, k, k))
+        n_in = int(next(iter(va.values()))[1].shape[0])
+        rows.append(dict(run_a=a["run_id"], run_b=b["run_id"], task=ca["task"], method_a=ca["method"], method_b=cb["method"], seed_a=ca["seed"],
+                         seed_b=cb["seed"], relation="seed" if same_method else "init", layers=len(layers),
+                         phi_in=float(np.mean(phi_in)), phi_out=float(np.mean(phi_out)),
+                         random=sp.random_subspace_similarity_baseline(n_in, r_ref, r_ref)))
+    df = pd.DataFrame(rows)
+    if fig_dir is not None and len(df):
+        _write_table(df, fig_dir, f"subspaces_{name or Path(log_dir).resolve().name}", json_too=False)
+    return df
+
+
 def _right_vectors(log_dir, log: dict, layer: str, m: int):
     """Top-m right singular vectors of the run's ΔW for ``layer`` (in × m), from the factors."""
     import lora
@@ -807,7 +872,10 @@ def spectra_figures(log_dir, fig_dir, task: str | None = None, show: bool | None
       vectors of ΔW for seed 0 vs seed 1 of each method, and random vs svd init (seed 0), for the last
       layer's value projection; last panel φ(i, i) with the random-subspace expectation i/n.
 
-    Also writes ``spectra_<dir>.csv`` and merges the entries into ``fig_dir/manifest.json``.
+    * ``subspace_agreement.png``     methods × methods heat map of φ(r, r) between ΔW's top-r subspaces of two
+      runs (diagonal: another seed; off-diagonal: another init, same seed), per task, input and output side.
+
+    Also writes ``spectra_<dir>.csv`` and ``subspaces_<dir>.csv`` (:func:`subspace_agreement_table`) and merges the entries into ``fig_dir/manifest.json``.
     Returns the manifest entries."""
     logs_all = _logs(log_dir, task)
     out = {}
@@ -821,6 +889,15 @@ def spectra_figures(log_dir, fig_dir, task: str | None = None, show: bool | None
     out[stem] = _entry(csv, "Per run and adapted layer: singular values of ΔW, norms, stable and effective "
                             "rank, energy in the top 1/4 directions, amplification factor, subspace overlaps "
                             f"with W. {describe_runs(log_dir, logs_all)}.", logs_all)
+    sub = subspace_agreement_table(log_dir, task)
+    if len(sub):
+        used = [lg for lg in logs_all if lg["run_id"] in set(sub["run_a"]) | set(sub["run_b"])]
+        stem_s = f"subspaces_{Path(log_dir).resolve().name}" + (f"_{task}" if task else "")
+        csv = _write_table(sub, fig_dir, stem_s, json_too=False)
+        out[stem_s] = _entry(csv, "Per pair of runs that differ only in the seed or only in the init: subspace "
+                                  "similarity φ of ΔW's top-r right (input) and left (output) singular vectors, "
+                                  f"mean over layers. {describe_runs(log_dir, used)}.", used)
+        out.update(_agreement(log_dir, sub, fig_dir, used))
     for t in _sorted_unique(table["task"]):
         tt = table[table["task"] == t]
         tl = [lg for lg in logs_all if lg["config"]["task"] == t and lg["run_id"] in set(tt["run_id"])]
@@ -831,6 +908,41 @@ def spectra_figures(log_dir, fig_dir, task: str | None = None, show: bool | None
     _merge_manifest(fig_dir, out)
     _display(out, show)
     return out
+
+
+def _agreement(log_dir, sub, fig_dir, logs) -> dict:
+    """``subspace_agreement.png``: per task (columns) and side (rows: input, output), a methods × methods
+    heat map of the mean φ: diagonal = same method, another seed; off-diagonal = same seed, another init."""
+    import seaborn as sns
+
+    tasks = _sorted_unique(sub["task"])
+    methods = _method_order(set(sub["method_a"]) | set(sub["method_b"]))
+    rnd = float(sub["random"].mean())
+    with _style():
+        fig, axes = _new_figure(2, len(tasks), panel=(3.9, 3.4))
+        for j, task in enumerate(tasks):
+            g = sub[sub["task"] == task]
+            for i, (col, side) in enumerate((("phi_in", "input (right)"), ("phi_out", "output (left)"))):
+                M = np.full((len(methods), len(methods)), np.nan)
+                for (ma, mb), v in g.groupby(["method_a", "method_b"])[col].mean().items():
+                    M[methods.index(ma), methods.index(mb)] = M[methods.index(mb), methods.index(ma)] = v
+                ax = axes[i, j]
+                sns.heatmap(M, ax=ax, vmin=0, vmax=1, cmap="magma", square=True, annot=True, fmt=".2f",
+                            annot_kws={"fontsize": 6}, xticklabels=methods, yticklabels=methods,
+                            cbar_kws={"label": "φ(r, r)", "shrink": 0.7})
+                ax.collections[0].colorbar.ax.axhline(rnd, color="cyan", lw=2)
+                ax.set_title(f"{task}: {side} subspaces", fontsize=9)
+                ax.tick_params(labelsize=6)
+        fig.suptitle("Do two runs put ΔW in the same top-r subspaces? diagonal: another seed; "
+                     "off-diagonal: another init, same seed")
+        path = _save(fig, fig_dir, "subspace_agreement")
+    cap = (f"Subspace similarity φ(r, r) = ‖V₁ᵀV₂‖²_F / r between the top-r singular vectors of ΔW of two runs, "
+           f"mean over adapted layers and pairs (r = {_ref_rank(logs)}; {rnd:.3f} = r/n for random subspaces, cyan "
+           f"mark on the colour bars). Diagonal cells compare one method's runs with different seeds; off-diagonal "
+           f"cells compare two inits run with the same seed. Top row: input (right) singular subspaces; bottom: "
+           f"output (left). `svd_naive` keeps its start U_r S_r V_rᵀ in ΔW and `lora_fa_svd` fixes ΔW's row space to "
+           f"span(V_r), so their high values are built in by the init. {describe_runs(log_dir, logs)}.")
+    return {"subspace_agreement": _entry(path, cap, logs)}
 
 
 def _sv_decay(log_dir, fig_dir, task, tt, tl) -> dict:

@@ -155,3 +155,100 @@ def test_benchmark_verdict_from_json(tmp_path):
     assert f"{0.70 * 1280 - 894:.0f} ms above the floor" in text and "out of reach" in text
     assert "22.7 M parameters" in text and "Our adapters add 136 ms" in text
     assert "no benchmark" in book.benchmark_verdict(tmp_path / "none.json")
+
+
+def _planted(rows_in, rows_out, n_in=12, n_out=10):
+    """ΔW = B A of rank len(rows_in) whose row space is span(e_i, i ∈ rows_in) (input side) and column
+    space span(e_j, j ∈ rows_out) (output side), with distinct singular values 4, 3, 2, 1."""
+    import torch
+    r = len(rows_in)
+    A, B = torch.zeros(r, n_in), torch.zeros(n_out, r)
+    for k, (i, j) in enumerate(zip(rows_in, rows_out)):
+        A[k, i], B[j, k] = 1.0, float(r - k)
+    return B, A
+
+
+def test_subspace_agreement_pairs_runs_that_differ_in_one_thing(tmp_path):
+    import lora
+    layers = ("enc.0.query", "enc.0.value")
+    plan = {   # (task, method, seed, lr): (input rows, output rows); smoke preset: r = 4, lr 2e-2
+        ("mrpc", "random", 0, None): ((0, 1, 2, 3), (0, 1, 2, 3)),
+        ("mrpc", "random", 1, None): ((0, 1, 4, 5), (0, 1, 2, 3)),    # half the input span shared: φ_in = 0.5
+        ("mrpc", "svd", 0, None): ((8, 9, 10, 11), (0, 1, 2, 9)),     # disjoint input, 3/4 output span shared
+        ("mrpc", "random", 2, 1e-4): ((0, 1, 2, 3), (0, 1, 2, 3)),    # lr block: left out
+        ("rte", "random", 0, None): ((0, 1, 2, 3), (0, 1, 2, 3)),     # alone on its task: no pair
+    }
+    logs = []
+    d = tmp_path / "quick"
+    d.mkdir()
+    for (task, method, seed, lr), (ri, ro) in plan.items():
+        lg = make_log(task, method, seed, lr=lr)
+        lg["factors_file"] = f"{lg['run_id']}.safetensors"
+        lora.save_factors(d / lg["factors_file"], {n: _planted(ri, ro) for n in layers}, init=method)
+        logs.append(lg)
+    write_logs(d, logs)
+    t = report.subspace_agreement_table(d)
+    assert len(t) == 2 and set(t["task"]) == {"mrpc"} and set(t["layers"]) == {2}
+    assert not t["run_a"].str.contains("lr1e-4").any() and not t["run_b"].str.contains("lr1e-4").any()
+    row = {(r.method_a, r.seed_a, r.method_b, r.seed_b): r for r in t.itertuples()}
+    seed_pair = row[("random", 0, "random", 1)]
+    assert seed_pair.relation == "seed" and seed_pair.phi_in == pytest.approx(0.5) and seed_pair.phi_out == pytest.approx(1.0)
+    init_pair = row[("random", 0, "svd", 0)]
+    assert init_pair.relation == "init" and init_pair.phi_in == pytest.approx(0.0, abs=1e-12)
+    assert init_pair.phi_out == pytest.approx(0.75)
+    assert ("random", 1, "svd", 0) not in row                       # differ in both seed and method
+    assert set(t["random"]) == {4 / 12}                               # r/n of the input space
+
+    csv = tmp_path / "subspaces.csv"
+    t.to_csv(csv, index=False)
+    lines = findings.subspace_sentences(csv, ["mrpc"])
+    assert "0.333 = independent random subspaces" in lines[0] and "(MRPC)" in lines[0]
+    assert lines[1] == "- Same method, another seed: random 0.50 / 1.00."
+    assert lines[2] == "- Same seed, another init: random vs svd 0.00 / 0.75."
+    assert findings.subspace_sentences(csv, ["rte"]) == []
+
+
+def test_readme_results_block_is_rewritten_from_the_logs(tmp_path):
+    import yaml
+
+    from harness.config import config_hash
+    from harness.grid import expand
+    from harness.tasks import UserError
+    out = tmp_path / "logs" / "mini"
+    spec = {"name": "mini", "preset": "smoke", "out_dir": str(out), "tasks": ["mrpc", "cola"],
+            "methods": ["random", "full"], "seeds": [0, 1]}
+    spec_path = tmp_path / "mini.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    cfgs = expand(spec)
+    finals = {("mrpc", "random", 0): 0.70, ("mrpc", "random", 1): 0.74, ("mrpc", "full", 0): 0.80,
+              ("cola", "random", 0): 0.20}
+    logs = []
+    for c in cfgs:
+        key = (c["task"], c["method"], c["seed"])
+        if key in finals:
+            main = "mcc" if c["task"] == "cola" else "accuracy"
+            lg = make_log(c["task"], c["method"], c["seed"], final={main: finals[key]}, main=main, lr=None,
+                          epochs=c["epochs"], baseline=0.0 if main == "mcc" else 0.684)
+            assert lg["config"] == c
+            lg["config_hash"] = config_hash(c)
+            logs.append(lg)
+    failed = next(c for c in cfgs if (c["task"], c["method"], c["seed"]) == ("cola", "full", 1))
+    logs.append(make_log("cola", "full", 1, status="failed", reason="boom", lr=None, epochs=failed["epochs"]))
+    assert logs[-1]["config"] == failed
+    logs[-1]["config_hash"] = config_hash(logs[-1]["config"])
+    write_logs(out, logs)
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# t\n\nbefore\n{book.README_BEGIN}\nstale\n{book.README_END}\nafter\n")
+    assert book.update_readme(readme, spec_path) is True
+    text = readme.read_text()
+    assert text.startswith("# t\n\nbefore\n") and text.endswith(f"{book.README_END}\nafter\n") and "stale" not in text
+    assert "**4 of 8 runs** logged (1 failed, reasons in their logs)" in text
+    assert "| method | MRPC (accuracy) | CoLA (MCC) |" in text
+    assert "| random | 0.720 ± 0.028 (n=2) | 0.200 (n=1) |" in text
+    assert "| full fine-tuning | 0.800 (n=1) | – |" in text
+    assert "| majority class | 0.684 | 0 |" in text
+    assert book.update_readme(readme, spec_path) is False                  # idempotent
+    readme.write_text("# no block\n")
+    with pytest.raises(UserError, match="no '<!-- results:begin"):
+        book.update_readme(readme, spec_path)
