@@ -216,6 +216,34 @@ def results_table(log_dir) -> tuple:
                f"(optimistic: it selects on the dev set).")
 
 
+def grid_status(log_dir, spec_path=None):
+    """(table, caption): per task × method × lr of the grid spec (default ``configs/<grid>.yaml``, the
+    grid named like ``log_dir``), the seeds whose run is logged, failed, or not run yet in ``log_dir``.
+    (None, None) when there is no such spec."""
+    import pandas as pd
+
+    from .grid import expand, load_spec, run_status
+
+    log_dir = Path(log_dir)
+    spec_path = Path(spec_path) if spec_path else ROOT / "configs" / f"{log_dir.name}.yaml"
+    if not spec_path.is_file():
+        return None, None
+    rows = {}
+    for c in expand(load_spec(spec_path)):
+        r = rows.setdefault((c["task"], c["method"], c["lr"]), dict(task=c["task"], method=c["method"], lr=c["lr"],
+                                                                    done=[], failed=[], todo=[]))
+        r[run_status(c, log_dir)].append(c["seed"])
+    df = pd.DataFrame(rows.values())
+    counts = {k: int(df[k].map(len).sum()) for k in ("done", "failed", "todo")}
+    for k in ("done", "failed", "todo"):
+        df[k] = df[k].map(lambda seeds: ", ".join(map(str, sorted(seeds))) or "–")
+    df = df.rename(columns={"done": "seeds logged", "failed": "seeds failed", "todo": "seeds not run yet"})
+    total = sum(counts.values())
+    return df, (f"Grid `{spec_path.relative_to(ROOT).as_posix() if spec_path.is_relative_to(ROOT) else spec_path}`: "
+                f"{counts['done']} of {total} runs logged, {counts['failed']} failed, {counts['todo']} not run yet "
+                f"(`python -m harness grid` resumes it).")
+
+
 def failed_table(log_dir):
     from .report import failed_runs
 

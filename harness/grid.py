@@ -145,7 +145,7 @@ def run_grid(spec: dict, data_dir: str | None = None, device: str | None = None,
     result = {}
     with GridLock(out):
         for tmp in [*out.glob(".*.tmp"), *out.glob(".*.tmp.ipynb"), *out.glob("*.tmp")]:
-            tmp.unlink(missing_ok=True)         # debris of a killed run: never a log (globs overlap)
+            _salvage_or_remove(tmp, out)        # debris of a killed run: never a log (globs overlap)
         todo = [c for c in configs if run_status(c, out) == "todo" or (retry_failed and run_status(c, out) == "failed")]
         for c in configs:
             result[run_id(c)] = run_status(c, out)
@@ -170,6 +170,21 @@ def run_grid(spec: dict, data_dir: str | None = None, device: str | None = None,
             result[rid] = "done" if log and log["status"] == "ok" else "failed"
             tqdm.write(_summary(log))
     return result
+
+
+def _salvage_or_remove(tmp: Path, out: Path) -> None:
+    """Remove a killed run's temporary file, except the executed notebook of a run whose ok log was
+    written before the kill (the grid was stopped between the log and the notebook's rename): that
+    notebook is the run's record, so it is moved into place."""
+    name = tmp.name
+    if name.startswith(".") and name.endswith(".tmp.ipynb") and tmp.exists():
+        rid = name[1:-len(".tmp.ipynb")]
+        log, nb = read_log(out / f"{rid}.json"), out / f"{rid}.ipynb"
+        if log is not None and log["status"] == "ok" and not nb.exists():
+            os.replace(tmp, nb)
+            print(f"kept the executed notebook of {rid} (stopped before its rename)", flush=True)
+            return
+    tmp.unlink(missing_ok=True)
 
 
 def _last_line(e: Exception) -> str:

@@ -267,6 +267,12 @@ def test_grid_killed_and_restarted_completes(tmp_path, subprocess_env, repo_root
         log = json.loads(p.read_text())
         assert read_log(p) == log and log["status"] == "ok" and log["config_hash"] == config_hash(expected[rid])
     before = {rid: (p.stat().st_mtime_ns, p.read_bytes()) for rid, p in first.items()}
+    # a kill between a run's log and its notebook's rename leaves the executed notebook hidden: the
+    # restart must keep it as the run's record, not delete it as debris
+    kept = next(iter(first))
+    if (out / f"{kept}.ipynb").exists():
+        os.replace(out / f"{kept}.ipynb", out / f".{kept}.tmp.ipynb")
+    assert (out / f".{kept}.tmp.ipynb").is_file()
     # a kill in the middle of writing a log leaves a hidden temporary file: never read as a log
     todo_ids = [r for r in expected if r not in first]
     (out / f".{todo_ids[0]}.json.tmp").write_text('{"run_id": "' + todo_ids[0])
@@ -305,6 +311,9 @@ def test_grid_killed_and_restarted_completes(tmp_path, subprocess_env, repo_root
     for rid, (mtime, content) in before.items():                 # skipped, not rerun
         assert (out / f"{rid}.json").stat().st_mtime_ns == mtime and (out / f"{rid}.json").read_bytes() == content
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp") or ".tmp." in p.name]
+    assert f"kept the executed notebook of {kept}" in stdout
+    for rid in expected:
+        assert (out / f"{rid}.ipynb").is_file(), rid                 # every run keeps its executed notebook
     assert not (out / ".grid.lock").exists()
 
     # the failed run: a log naming the missing file; the grid went on to the runs after it

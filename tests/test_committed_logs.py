@@ -1,0 +1,38 @@
+"""The committed results are consistent with the grid specs that made them: every log under
+``logs/<grid>/`` is a config of ``configs/<grid>.yaml`` with a matching hash (a preset change that
+silently orphaned logs would fail here), and every ok log's factor file and notebook are committed."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.config import config_hash, run_id
+from harness.grid import expand, load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+GRIDS = sorted(p.name for p in (ROOT / "logs").iterdir() if p.is_dir() and (ROOT / "configs" / f"{p.name}.yaml").is_file()) \
+    if (ROOT / "logs").is_dir() else []
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_every_committed_log_belongs_to_its_grid_spec(grid):
+    cfgs = {run_id(c): c for c in expand(load_spec(ROOT / "configs" / f"{grid}.yaml"))}
+    logs = sorted((ROOT / "logs" / grid).glob("*.json"))
+    assert logs, f"logs/{grid} has no logs"
+    orphans = []
+    for path in logs:
+        log = json.loads(path.read_text())
+        rid = log["run_id"]
+        assert path.name == f"{rid}.json"
+        if rid not in cfgs:
+            orphans.append(rid)
+            continue
+        assert log["config"] == cfgs[rid] and log["config_hash"] == config_hash(cfgs[rid]), rid
+        if log["status"] == "ok":
+            assert (path.parent / log["factors_file"]).is_file(), rid
+            assert (path.parent / f"{rid}.ipynb").is_file(), rid
+        else:
+            assert log["reason"], rid
+    assert not orphans, f"logs/{grid}: not configs of configs/{grid}.yaml: {orphans}"
