@@ -122,6 +122,14 @@ def readme_results(spec_path) -> str:
                     + " | ".join(str(row[t]) if isinstance(row[t], str) else "–" for t in tasks) + " |")
     base = {t: float(np.nanmean(runs.loc[runs["task"] == t, "baseline"])) for t in tasks}
     text.append("| majority class | " + " | ".join(f"{base[t]:.3g}" if base[t] else "0" for t in tasks) + " |")
+    from .findings import lr_table
+    lt = lr_table(out)
+    if len(lt):
+        fin = lt[lt["at"] == "final"]
+        text += ["", "Random vs svd init on MRPC at each learning rate of the grid (final accuracy, paired by seed):", "",
+                 "| lr | random | svd | svd − random | svd ahead in | verdict |", "|---|---|---|---|---|---|"]
+        text += [f"| {r['lr']:g} | {r['random']} | {r['svd']} | {r['svd − random (paired)']} | {r['svd ahead in']} | "
+                 f"{r['verdict']} |" for _, r in fin.iterrows()]
     return "\n".join(text)
 
 

@@ -252,3 +252,30 @@ def test_readme_results_block_is_rewritten_from_the_logs(tmp_path):
     readme.write_text("# no block\n")
     with pytest.raises(UserError, match="no '<!-- results:begin"):
         book.update_readme(readme, spec_path)
+
+
+def test_readme_results_add_the_lr_comparison(tmp_path):
+    import yaml
+
+    from harness.config import config_hash
+    from harness.grid import expand
+    out = tmp_path / "logs" / "lrs"
+    spec = {"name": "lrs", "preset": "smoke", "out_dir": str(out), "tasks": ["mrpc"], "methods": ["random", "svd"],
+            "seeds": [0, 1], "blocks": [{}, {"vary": {"lr": [1e-4]}}]}
+    (tmp_path / "lrs.yaml").write_text(yaml.safe_dump(spec))
+    acc = {("random", PRESET_LR, 0): 0.70, ("random", PRESET_LR, 1): 0.72, ("svd", PRESET_LR, 0): 0.71,
+           ("svd", PRESET_LR, 1): 0.75, ("random", 1e-4, 0): 0.60, ("random", 1e-4, 1): 0.62,
+           ("svd", 1e-4, 0): 0.70, ("svd", 1e-4, 1): 0.73}
+    logs = []
+    for c in expand(spec):
+        lg = make_log("mrpc", c["method"], c["seed"], final={"accuracy": acc[(c["method"], c["lr"], c["seed"])]},
+                      lr=c["lr"], epochs=c["epochs"])
+        assert lg["config"] == c
+        lg["config_hash"] = config_hash(c)
+        logs.append(lg)
+    write_logs(out, logs)
+    text = book.readme_results(tmp_path / "lrs.yaml")
+    assert "**8 of 8 runs** logged." in text
+    assert "| random | 0.710 ± 0.014 (n=2) |" in text                       # the preset's lr only
+    assert "| 0.0001 | 0.610 ± 0.014 | 0.715 ± 0.021 | +0.105 ± 0.007 | 2/2 |" in text
+    assert f"| {PRESET_LR:g} | 0.710 ± 0.014 | 0.730 ± 0.028 | +0.020 ± 0.014 | 2/2 |" in text
