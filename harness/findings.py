@@ -15,7 +15,9 @@ Quantities compared (all on the task's main dev metric, from the run logs):
 * ``first``  at the first evaluation after step 0 (a quarter epoch in the quick preset);
 * ``epoch1`` at the evaluation closest to the end of epoch 1;
 * ``curve``  the mean over all evaluations after step 0: a normalised area under the dev curve,
-  higher when a method gets good sooner.
+  higher when a method gets good sooner;
+* ``loss_epoch1`` the mean training loss over the first epoch's steps: how fast the optimiser makes
+  progress on the training objective (lower is better; "ahead" then means a lower loss).
 
 Nothing here trains or reads model weights; the spectral part reads the CSV that
 ``harness figures`` writes (``figures/<grid>/spectra_<grid>.csv``).
@@ -30,7 +32,8 @@ import numpy as np
 
 from .report import _logs, _method_order, _num, main_lr, runs_table
 
-QUANTITIES = ("final", "step0", "first", "epoch1", "curve")
+QUANTITIES = ("final", "step0", "first", "epoch1", "curve", "loss_epoch1")
+LOWER_IS_BETTER = {"loss_epoch1"}
 ALPHA = 0.05
 
 
@@ -45,8 +48,10 @@ def curve_points(log: dict) -> dict:
     epoch1 = min(after, key=lambda p: abs(p[0] - 1.0))[1] if after else math.nan
     vals = np.array([v for _, v in after], dtype=float)
     curve = float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
+    loss = np.array([_num(x) for x in log["history"].get("train_loss", [])[:log.get("steps_per_epoch") or 0]])
+    loss_epoch1 = float(np.nanmean(loss)) if np.isfinite(loss).any() else math.nan
     return dict(final=_num((log.get("final") or {}).get(main)), step0=step0, first=first, epoch1=epoch1,
-                curve=curve)
+                curve=curve, loss_epoch1=loss_epoch1)
 
 
 def points_table(log_dir):
@@ -66,7 +71,7 @@ def paired(runs, task: str, a: str, b: str, quantity: str = "final", lr_a=None, 
 
     ``lr_a``/``lr_b``: the learning rate of each side (default: :func:`harness.report.main_lr`, the preset's).
     Returns n, seeds, mean_a, mean_b, std_a, std_b, diff (mean of b − a), diff_std, wins (seeds where
-    b > a), p (paired t-test; NaN for n < 3 or zero spread), diffs (b − a per shared seed)."""
+    b is better: b > a, or b < a for a quantity in :data:`LOWER_IS_BETTER`), p (paired t-test; NaN for n < 3 or zero spread), diffs (b − a per shared seed)."""
     from scipy import stats
 
     def side(method, lr):
@@ -91,7 +96,7 @@ def paired(runs, task: str, a: str, b: str, quantity: str = "final", lr_a=None, 
     return dict(task=task, a=a, b=b, quantity=quantity, lr_a=lr_a, lr_b=lr_b, n=n, seeds=seeds,
                 mean_a=float(xa.mean()) if n else math.nan, mean_b=float(xb.mean()) if n else math.nan,
                 std_a=sd(xa), std_b=sd(xb), diff=float(d.mean()) if n else math.nan, diff_std=sd(d),
-                wins=int((d > 0).sum()), p=p, diffs=[float(x) for x in d])
+                wins=int((d < 0).sum() if quantity in LOWER_IS_BETTER else (d > 0).sum()), p=p, diffs=[float(x) for x in d])
 
 
 def verdict(c: dict) -> str:
@@ -101,7 +106,8 @@ def verdict(c: dict) -> str:
     if c["n"] < 3:
         return f"only {c['n']} shared seed{'s' if c['n'] > 1 else ''}: no conclusion yet"
     if np.isfinite(c["p"]) and c["p"] < ALPHA and c["wins"] in (0, c["n"]):
-        return f"{c['b']} {'ahead of' if c['diff'] > 0 else 'behind'} {c['a']} in all {c['n']} seeds (p = {c['p']:.3f})"
+        better = (c["diff"] < 0) if c.get("quantity") in LOWER_IS_BETTER else (c["diff"] > 0)
+        return f"{c['b']} {'ahead of' if better else 'behind'} {c['a']} in all {c['n']} seeds (p = {c['p']:.3f})"
     return f"not distinguishable from zero at n = {c['n']} (p = {_p(c['p'])})"
 
 
@@ -136,12 +142,12 @@ def _ms(mean, std, digits=3) -> str:
 
 
 COMPARISONS = (   # (a, b, quantities): the questions the study asks of every task
-    ("random", "svd", ("final", "first", "epoch1", "curve")),
+    ("random", "svd", ("final", "first", "epoch1", "curve", "loss_epoch1")),
     ("random", "lora_fa", ("final", "curve")),
     ("random", "lora_fa_svd", ("final", "curve")),
     ("lora_fa", "lora_fa_svd", ("final",)),
-    ("svd", "svd_naive", ("final", "step0", "curve")),
-    ("random", "full", ("final", "curve")),
+    ("svd", "svd_naive", ("final", "step0", "curve", "loss_epoch1")),
+    ("random", "full", ("final", "curve", "loss_epoch1")),
 )
 
 
@@ -236,11 +242,12 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=N
     for t in tasks:
         if not have(t, "random", "svd"):
             continue
-        f, q1, cv = (paired(runs, t, "random", "svd", q) for q in ("final", "first", "curve"))
+        f, q1, cv, lo = (paired(runs, t, "random", "svd", q) for q in ("final", "first", "curve", "loss_epoch1"))
         line = (f"- {_name(t)} ({metric(t)}): final {_ms(f['mean_b'], f['std_b'])} for svd vs "
                 f"{_ms(f['mean_a'], f['std_a'])} for random, paired difference {_d(f)} ({verdict(f)}). "
                 f"Early, after the first evaluation: {_d(q1)} ({verdict(q1)}); "
-                f"averaged over the dev curve: {_d(cv)} ({verdict(cv)}).")
+                f"averaged over the dev curve: {_d(cv)} ({verdict(cv)}); mean training loss over epoch 1: "
+                f"{_ms(lo['mean_b'], lo['std_b'])} vs {_ms(lo['mean_a'], lo['std_a'])}, {_d(lo)} ({verdict(lo)}).")
         if chance[t]:
             line += " No adapter method beats the majority-class baseline here, so these differences are noise."
         out.append(line)

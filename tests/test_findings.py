@@ -44,6 +44,8 @@ def test_curve_points_read_the_dev_curve():
     assert p["epoch1"] == pytest.approx(0.48)                  # the evaluation at epoch 1.0
     assert p["curve"] == pytest.approx(np.mean([0.32, 0.48, 0.64, 0.8]))
     assert p["final"] == pytest.approx(0.8)
+    # training loss 1/(1+i) per step, 4 steps per epoch: the first epoch's mean
+    assert p["loss_epoch1"] == pytest.approx(np.mean([1, 1 / 2, 1 / 3, 1 / 4]))
 
 
 def test_paired_matches_scipy_and_drops_unpaired_seeds(grid_dir):
@@ -68,6 +70,19 @@ def test_verdicts():
     assert "not distinguishable" in findings.verdict({**base, "n": 3, "p": 0.4, "wins": 3})
     assert "no conclusion" in findings.verdict({**base, "n": 2, "p": math.nan, "wins": 2})
     assert findings.verdict({**base, "n": 0, "p": math.nan, "wins": 0}) == "no shared seeds yet"
+    # a loss: lower is better, so a negative difference puts b ahead
+    loss = {**base, "quantity": "loss_epoch1", "n": 3, "p": 0.01}
+    assert findings.verdict({**loss, "diff": -0.03, "wins": 3}).startswith("svd ahead of random in all 3 seeds")
+    assert findings.verdict({**loss, "diff": 0.03, "wins": 0}).startswith("svd behind random")
+
+
+def test_paired_counts_a_lower_loss_as_a_win(grid_dir):
+    runs = findings.points_table(grid_dir)
+    runs["loss_epoch1"] = 0.4
+    rnd = (runs["task"] == "mrpc") & (runs["method"] == "random")
+    runs.loc[rnd, "loss_epoch1"] = runs.loc[rnd, "seed"].map({0: 0.5, 1: 0.45, 2: 0.38})
+    c = findings.paired(runs, "mrpc", "random", "svd", "loss_epoch1")
+    assert c["diffs"] == pytest.approx([-0.1, -0.05, 0.02]) and c["wins"] == 2
 
 
 def test_findings_markdown_states_computed_numbers(grid_dir, tmp_path):
