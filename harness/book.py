@@ -9,6 +9,8 @@ import json
 import os
 from pathlib import Path
 
+from .tasks import order_tasks, task_label
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -59,9 +61,6 @@ def show_table(df, caption: str | None = None, floatfmt: int = 4) -> None:
 
 
 # ------------------------------------------------------------------ tables the pages show
-TASK_ORDER = ("mrpc", "rte", "cola")
-
-
 def headline(log_dir) -> tuple:
     """(table, caption): final main dev metric, mean ± std over seeds, methods × tasks."""
     import numpy as np
@@ -76,9 +75,10 @@ def headline(log_dir) -> tuple:
         keep = [np.isclose(lr, main_lr(runs, t, m)) for t, m, lr in zip(s["task"], s["method"], s["lr"])]
         s = s[keep]
     t = s.pivot_table(index="method", columns="task", values="summary", aggfunc="first", sort=False)
-    t = t[[c for c in TASK_ORDER if c in t.columns] + [c for c in t.columns if c not in TASK_ORDER]]
+    t = t[order_tasks(t.columns)]
     t.columns.name = None
-    metrics = ", ".join(f"{task.upper()}: {m}" for task, m in s.groupby("task")["main_metric"].first().items())
+    metric = s.groupby("task")["main_metric"].first()
+    metrics = ", ".join(f"{task_label(task)}: {metric[task]}" for task in order_tasks(metric.index))
     n = int(s["runs"].sum())
     return (t.reset_index(), f"Final dev metric, mean ± sample std over seeds (n = seeds), from {n} runs in "
                              f"`logs/{Path(log_dir).name}` ({metrics}).")
@@ -113,8 +113,7 @@ def readme_results(spec_path) -> str:
              f"rate, from `{rel.as_posix()}` (the book's front page and `figures/{out.name}/summary_{out.name}.csv` "
              "show the same):", ""]
     label = {"full": "full fine-tuning"}
-    disp = {"mrpc": "MRPC", "rte": "RTE", "cola": "CoLA"}
-    text.append("| method | " + " | ".join(f"{disp.get(t, t.upper())} ({'MCC' if metric[t] == 'mcc' else metric[t]})"
+    text.append("| method | " + " | ".join(f"{task_label(t)} ({'MCC' if metric[t] == 'mcc' else metric[t]})"
                                            for t in tasks) + " |")
     text.append("|---" * (len(tasks) + 1) + "|")
     for _, row in table.iterrows():
@@ -156,7 +155,7 @@ def headline_figure(log_dir) -> str:
     from .report import runs_table
 
     runs = runs_table(log_dir)
-    tasks = [t for t in TASK_ORDER if len(runs) and t in set(runs["task"])] or (sorted(set(runs["task"])) if len(runs) else ["mrpc"])
+    tasks = order_tasks(runs["task"]) if len(runs) else ["mrpc"]
     return f"convergence_{tasks[0]}"
 
 
@@ -427,7 +426,7 @@ def sweep_verdict(sweep_dir) -> str:
     for (task, method), g in (runs.groupby(["task", "method"], sort=False) if len(runs) else []):
         best = g.loc[g["final"].idxmax()]
         what = f"lr {best['lr']:g}, {best['epochs']} epochs"
-        head = f"**{task.upper()}, {method}**"
+        head = f"**{task_label(task)}, {method}**"
         if (g["final"] > g["baseline"]).any():
             lines.append(f"- {head} learns: best final dev {best['main_metric']} {best['final']:.3f} ({what}) against "
                          f"a majority-class baseline of {best['baseline']:.3f}.")

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .report import _logs, _method_order, _num, main_lr, runs_table
+from .tasks import order_tasks, task_label
 
 QUANTITIES = ("final", "step0", "first", "epoch1", "curve", "loss_epoch1")
 LOWER_IS_BETTER = {"loss_epoch1"}
@@ -99,14 +100,24 @@ def paired(runs, task: str, a: str, b: str, quantity: str = "final", lr_a=None, 
                 wins=int((d < 0).sum() if quantity in LOWER_IS_BETTER else (d > 0).sum()), p=p, diffs=[float(x) for x in d])
 
 
+def is_finding(c: dict) -> bool:
+    """A paired comparison counts as a finding when n ≥ 3, p < :data:`ALPHA` and every seed has the same sign."""
+    return c["n"] >= 3 and bool(np.isfinite(c["p"])) and c["p"] < ALPHA and c["wins"] in (0, c["n"])
+
+
+def b_ahead(c: dict) -> bool:
+    """Whether ``b`` is on the better side of ``a`` on average (lower for :data:`LOWER_IS_BETTER`)."""
+    return (c["diff"] < 0) if c.get("quantity") in LOWER_IS_BETTER else (c["diff"] > 0)
+
+
 def verdict(c: dict) -> str:
     """A short judgement of a paired comparison: ahead / behind / not distinguishable / too few seeds."""
     if c["n"] == 0:
         return "no shared seeds yet"
     if c["n"] < 3:
         return f"only {c['n']} shared seed{'s' if c['n'] > 1 else ''}: no conclusion yet"
-    if np.isfinite(c["p"]) and c["p"] < ALPHA and c["wins"] in (0, c["n"]):
-        better = (c["diff"] < 0) if c.get("quantity") in LOWER_IS_BETTER else (c["diff"] > 0)
+    if is_finding(c):
+        better = b_ahead(c)
         return f"{c['b']} {'ahead of' if better else 'behind'} {c['a']} in all {c['n']} seeds (p = {c['p']:.3f})"
     return f"not distinguishable from zero at n = {c['n']} (p = {_p(c['p'])})"
 
@@ -122,14 +133,6 @@ def _d(c, digits=3) -> str:
     d = c["diff"] if round(c["diff"], digits) != 0 else 0.0     # no "-0.000"
     s = f"{d:+.{digits}f}"
     return s + (f" ± {c['diff_std']:.{digits}f}" if np.isfinite(c["diff_std"]) else "")
-
-
-TASK_NAMES = {"mrpc": "MRPC", "rte": "RTE", "cola": "CoLA", "sst2": "SST-2", "qnli": "QNLI", "qqp": "QQP",
-              "mnli": "MNLI", "stsb": "STS-B", "wnli": "WNLI"}
-
-
-def _name(task: str) -> str:
-    return TASK_NAMES.get(task, task.upper())
 
 
 def _count(seeds) -> str:
@@ -160,7 +163,7 @@ def comparison_table(log_dir):
     rows = []
     if len(runs) == 0:
         return pd.DataFrame(rows)
-    for task in _task_order(runs):
+    for task in order_tasks(runs["task"]):
         have = set(runs.loc[runs["task"] == task, "method"])
         for a, b, quantities in COMPARISONS:
             if a not in have or b not in have:
@@ -183,12 +186,8 @@ def lr_table(log_dir, task: str = "mrpc", methods=("random", "svd")):
     if len(runs) == 0:
         return pd.DataFrame()
     a, b = methods
-    g = runs[runs["task"] == task]
-    lrs = sorted(set(g.loc[g["method"] == a, "lr"]) & set(g.loc[g["method"] == b, "lr"]))
     rows = []
-    if len(lrs) < 2:
-        return pd.DataFrame()
-    for lr in lrs:
+    for lr in shared_lrs(runs, task, a, b):
         for q in ("final", "curve"):
             c = paired(runs, task, a, b, q, lr_a=lr, lr_b=lr)
             rows.append({"lr": lr, "at": q, "seeds": c["n"], a: _ms(c["mean_a"], c["std_a"]),
@@ -197,10 +196,11 @@ def lr_table(log_dir, task: str = "mrpc", methods=("random", "svd")):
     return pd.DataFrame(rows)
 
 
-def _task_order(runs) -> list[str]:
-    order = ("mrpc", "rte", "cola")
-    present = list(dict.fromkeys(runs["task"]))
-    return [t for t in order if t in present] + [t for t in present if t not in order]
+def shared_lrs(runs, task: str, a: str, b: str) -> list[float]:
+    """The learning rates at which both methods have runs on ``task``; [] when they share fewer than two."""
+    g = runs[runs["task"] == task]
+    lrs = sorted(set(g.loc[g["method"] == a, "lr"]) & set(g.loc[g["method"] == b, "lr"]))
+    return lrs if len(lrs) > 1 else []
 
 
 # ----------------------------------------------------------------------------- the book's sentences
@@ -216,6 +216,112 @@ def learned(runs, task: str) -> dict:
     return out
 
 
+QUANTITY_LABELS = {"final": "final dev metric", "step0": "dev metric before training",
+                   "first": "dev metric at the first evaluation", "epoch1": "dev metric after epoch 1",
+                   "curve": "dev metric averaged over the curve", "loss_epoch1": "training loss over epoch 1 (lower is better)"}
+SPEED = ("first", "epoch1", "curve", "loss_epoch1")     # the quantities that measure early progress
+
+
+def _short(c: dict) -> str:
+    """"svd ahead in all 3 seeds, p = 0.016" for a finding, else e.g. "svd behind in 2/3 seeds, p = 0.42, n.s."
+    (the side most seeds are on; a seed with a zero difference counts on neither)."""
+    if c["n"] < 3:
+        return f"{c['n']} shared seed{'s' if c['n'] != 1 else ''}, no conclusion"
+    if is_finding(c):
+        return f"{c['b']} {'ahead' if b_ahead(c) else 'behind'} in all {c['n']} seeds, p = {_p(c['p'])}"
+    d = np.array(c["diffs"]) * (-1 if c.get("quantity") in LOWER_IS_BETTER else 1)
+    behind = int((d < 0).sum())
+    side, k = ("behind", behind) if behind > c["wins"] else ("ahead", c["wins"])
+    return f"{c['b']} {side} in {k}/{c['n']} seeds, p = {_p(c['p'])}, n.s."
+
+
+def brief(runs, chance: dict, benchmark=None, spectra_csv=None) -> list[str]:
+    """The page's opening summary: one bullet per question of the study, each a computed statement over
+    the tasks where some adapter beats the majority class (``chance[task]`` False).  Differences are
+    paired by seed (b − a, mean ± std); a difference is called a difference only when :func:`is_finding`."""
+    tasks = [t for t in order_tasks(runs["task"]) if not chance[t]]
+
+    def have(task, *methods):
+        return set(methods) <= set(runs.loc[runs["task"] == task, "method"])
+
+    def over(a, b, q="final"):
+        return [(t, paired(runs, t, a, b, q)) for t in tasks if have(t, a, b)]
+
+    def listed(pairs):
+        return "; ".join(f"{task_label(t)} {_d(c)} ({_short(c)})" for t, c in pairs)
+
+    if not tasks:
+        return ["**In brief.** No adapter method beats the majority-class baseline on any task yet, so the runs "
+                "say nothing about the inits."]
+    out = [f"**In brief** (on {', '.join(task_label(t) for t in tasks)}, where adapters learn; "
+           "every difference is b − a paired by seed, mean ± std over seeds):"]
+    finals = over("random", "svd")
+    if finals:
+        found = [(t, c) for t, c in finals if is_finding(c)]
+        line = f"- **Does SVD init end higher than random init?** svd − random, final: {listed(finals)}. "
+        line += (("Distinguishable on " + ", ".join(task_label(t) for t, _ in found) + ".") if found else
+                 "No: neither init ends higher on any of these tasks at this number of seeds.")
+        out.append(line)
+        speed = [(t, q, paired(runs, t, "random", "svd", q)) for t, _ in finals for q in SPEED]
+        fast = [(t, q, c) for t, q, c in speed if is_finding(c)]
+        line = "- **Does it converge faster?** "
+        if fast:
+            line += ("; ".join(f"{task_label(t)}, {QUANTITY_LABELS[q]}: {_d(c)} ({_short(c)})" for t, q, c in fast)
+                     + f". The other {len(speed) - len(fast)} of {len(speed)} early-progress measures "
+                     "are not distinguishable from zero.")
+        else:
+            line += (f"Not measurably: none of the {len(speed)} early-progress measures (dev metric at the first "
+                     "evaluation and after epoch 1, dev metric averaged over the curve, training loss over epoch 1) "
+                     "separates them.")
+        out.append(line)
+    lr_task = next((t for t in order_tasks(runs["task"]) if shared_lrs(runs, t, "random", "svd")), None)
+    if lr_task:
+        parts = [f"lr {lr:g}: {_d(c)} ({_short(c)})" for lr in shared_lrs(runs, lr_task, "random", "svd")
+                 for c in [paired(runs, lr_task, "random", "svd", "final", lr, lr)]]
+        out.append(f"- **And at smaller learning rates** (the original claim), svd − random, final, on "
+                   f"{task_label(lr_task)}: " + "; ".join(parts) + ".")
+    fa, fasvd = over("random", "lora_fa"), over("random", "lora_fa_svd")
+    if fa or fasvd:
+        line = "- **What does LoRA-FA cost?** "
+        if fa:
+            line += f"Freezing a random A, lora_fa − random, final: {listed(fa)}. "
+        if fasvd:
+            line += f"Freezing A to W's top-r right singular vectors, lora_fa_svd − random: {listed(fasvd)}. "
+        params = runs.groupby("method")["trainable"].median()
+        if {"random", "lora_fa"} <= set(params.index):
+            line += (f"It trains {int(params['lora_fa']):,} parameters instead of {int(params['random']):,} "
+                     "(with the classifier head)")
+            if benchmark and Path(benchmark).is_file():
+                b = json.loads(Path(benchmark).read_text())
+                saved, lora_qv = b["fa_saving"]["lora_qv_vs_lora_fa_qv"]["measured"], b["saved_bytes"]["lora_qv"]
+                line += (f" and keeps {saved / 2**20:.1f} MiB ({saved / lora_qv:.1%}) fewer activations for backward "
+                         f"(benchmark, batch {b['settings']['batch']} × {b['settings']['seq_len']} tokens)")
+            line += "."
+        out.append(line.rstrip())
+    naive = over("svd", "svd_naive")
+    if naive:
+        out.append("- **How does the naive SVD init behave?** Adding U_r S_r V_rᵀ on top of W without the residual, "
+                   "svd_naive − svd, final: " + "; ".join(
+                       f"{task_label(t)} {_d(c)} ({_short(c)}; seed-to-seed std {c['std_b']:.3f} against "
+                       f"{c['std_a']:.3f} for svd)" for t, c in naive) + ".")
+    full = over("random", "full")
+    if full:
+        out.append(f"- **How far is LoRA from full fine-tuning?** full − random, final: {listed(full)}.")
+    if spectra_csv and Path(spectra_csv).is_file():
+        import pandas as pd
+
+        t = pd.read_csv(spectra_csv)
+        t = t[t["task"].isin(tasks)]
+        g = t.groupby("method")[["effective_rank", "energy_top1", "overlap_right_top"]].mean()
+        shown = [m for m in ("random", "svd", "full") if m in g.index]
+        if shown and len(t):
+            out.append("- **How do the updates differ?** " + "; ".join(
+                f"{m}: effective rank {g.loc[m, 'effective_rank']:.1f}, top direction {g.loc[m, 'energy_top1']:.0%} "
+                f"of ‖ΔW‖²_F, overlap with W's top-r input subspace {g.loc[m, 'overlap_right_top']:.2f}"
+                for m in shown) + f" (independent random subspaces: {t['overlap_random'].mean():.2f}).")
+    return out
+
+
 def findings_markdown(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=None) -> str:
     """The book's "what the results show" section, every number computed here from the logs of
     ``log_dir`` (plus the benchmark JSON and the spectra and subspace CSVs when given)."""
@@ -227,9 +333,10 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=N
     out = [f"*Computed from {len(runs)} runs in `logs/{name}` "
            f"({_count(seeds)} per task and method; "
            f"differences are paired by seed, ± is their sample std, p a paired t-test).*", ""]
-    tasks = _task_order(runs)
+    tasks = order_tasks(runs["task"])
     chance = {t: not any(learned(runs, t).get(m, False) for m in set(runs.loc[runs['task'] == t, 'method']) - {"full"})
               for t in tasks}
+    out += brief(runs, chance, benchmark, spectra_csv) + [""]
 
     def metric(task):
         return runs.loc[runs["task"] == task, "main_metric"].iloc[0]
@@ -243,7 +350,7 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=N
         if not have(t, "random", "svd"):
             continue
         f, q1, cv, lo = (paired(runs, t, "random", "svd", q) for q in ("final", "first", "curve", "loss_epoch1"))
-        line = (f"- {_name(t)} ({metric(t)}): final {_ms(f['mean_b'], f['std_b'])} for svd vs "
+        line = (f"- {task_label(t)} ({metric(t)}): final {_ms(f['mean_b'], f['std_b'])} for svd vs "
                 f"{_ms(f['mean_a'], f['std_a'])} for random, paired difference {_d(f)} ({verdict(f)}). "
                 f"Early, after the first evaluation: {_d(q1)} ({verdict(q1)}); "
                 f"averaged over the dev curve: {_d(cv)} ({verdict(cv)}); mean training loss over epoch 1: "
@@ -251,12 +358,12 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=N
         if chance[t]:
             line += " No adapter method beats the majority-class baseline here, so these differences are noise."
         out.append(line)
-    lt = lr_table(log_dir)
-    if len(lt):
-        fin = lt[lt["at"] == "final"]
-        parts = [f"lr {r['lr']:g}: {r['svd − random (paired)']} ({r['verdict']})" for _, r in fin.iterrows()]
-        out.append("- At smaller learning rates on MRPC (the original claim: SVD init helps most there), "
-                   "svd − random, final: " + "; ".join(parts) + ".")
+    lr_task = next((t for t in tasks if shared_lrs(runs, t, "random", "svd")), None)
+    if lr_task:
+        parts = [f"lr {lr:g}: {_d(c)} ({verdict(c)})" for lr in shared_lrs(runs, lr_task, "random", "svd")
+                 for c in [paired(runs, lr_task, "random", "svd", "final", lr, lr)]]
+        out.append(f"- At smaller learning rates on {task_label(lr_task)} (the original claim: SVD init helps most "
+                   "there), svd − random, final: " + "; ".join(parts) + ".")
     out.append("")
 
     # 2. LoRA-FA
@@ -265,7 +372,7 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=N
         for b in ("lora_fa", "lora_fa_svd"):
             if have(t, "random", b):
                 c = paired(runs, t, "random", b)
-                out.append(f"- {_name(t)}: {b} − random, final {metric(t)}: {_d(c)} ({verdict(c)})"
+                out.append(f"- {task_label(t)}: {b} − random, final {metric(t)}: {_d(c)} ({verdict(c)})"
                            + (" (at chance level)" if chance[t] else "") + ".")
     params = runs.groupby("method")["trainable"].median()
     if {"random", "lora_fa"} <= set(params.index):
@@ -292,7 +399,7 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=N
             if not have(t, "svd", "svd_naive"):
                 continue
             z, f = paired(runs, t, "svd", "svd_naive", "step0"), paired(runs, t, "svd", "svd_naive")
-            out.append(f"- {_name(t)}: before training its {metric(t)} is {_ms(z['mean_b'], z['std_b'])} against "
+            out.append(f"- {task_label(t)}: before training its {metric(t)} is {_ms(z['mean_b'], z['std_b'])} against "
                        f"{_ms(z['mean_a'], z['std_a'])} for the function-preserving svd init (the model it starts "
                        f"from is W + U_r S_r V_rᵀ); after training svd_naive − svd is {_d(f)} ({verdict(f)}).")
         out.append("")
@@ -303,7 +410,7 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=N
         for t in tasks:
             if have(t, "random", "full"):
                 c = paired(runs, t, "random", "full")
-                out.append(f"- {_name(t)}: full − random (LoRA), final {metric(t)}: {_d(c)} ({verdict(c)}).")
+                out.append(f"- {task_label(t)}: full − random (LoRA), final {metric(t)}: {_d(c)} ({verdict(c)}).")
         out.append("")
 
     # 5. spectra
@@ -317,7 +424,7 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=N
     for t in tasks:
         if chance[t]:
             base = float(np.nanmean(runs.loc[runs["task"] == t, "baseline"]))
-            out.append(f"- {_name(t)}: no adapter method ends above the majority-class baseline ({base:.3f}); "
+            out.append(f"- {task_label(t)}: no adapter method ends above the majority-class baseline ({base:.3f}); "
                        "the comparisons on this task say nothing about the inits.")
     out.append(f"- With {_count(seeds)} a difference of about one seed-to-seed std cannot be "
                "told from noise; \"not distinguishable\" is not \"equal\".")
@@ -339,7 +446,7 @@ def spectra_sentences(spectra_csv, tasks=None) -> list[str]:
                              "overlap_left_top", "overlap_random"]].mean()
     rnd = float(g["overlap_random"].mean())
     out = ["**How do the updates differ?** (ΔW relative to the pretrained W, averaged over the adapted layers, "
-           f"seeds and tasks ({', '.join(_name(x) for x in tasks)}); overlap = mean cos² of the principal angles between ΔW's top-r singular subspace and "
+           f"seeds and tasks ({', '.join(task_label(x) for x in tasks)}); overlap = mean cos² of the principal angles between ΔW's top-r singular subspace and "
            f"W's, {rnd:.3f} for random subspaces)"]
     for m in _method_order(g.index):
         r = g.loc[m]
@@ -361,7 +468,7 @@ def subspace_sentences(subspaces_csv, tasks=None) -> list[str]:
         return []
     rnd = float(t["random"].mean())
     out = ["**Do different runs find the same subspaces?** (subspace similarity φ(r, r) of ΔW's top-r singular "
-           f"vectors of two runs, mean over layers, pairs and tasks ({', '.join(_name(x) for x in tasks)}); "
+           f"vectors of two runs, mean over layers, pairs and tasks ({', '.join(task_label(x) for x in tasks)}); "
            f"1 = the same subspace, {rnd:.3f} = independent random subspaces; input side / output side)"]
     seeds = t[t["relation"] == "seed"].groupby("method_a")[["phi_in", "phi_out"]].mean()
     if len(seeds):

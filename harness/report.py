@@ -47,6 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .tasks import order_tasks, task_label
+
 DPI = 130
 SUMMARY_VARY = ("lr", "rank", "alpha", "epochs", "model", "preset")   # grouping keys, used when they vary
 MAX_IDS_IN_CAPTION = 8
@@ -460,13 +462,13 @@ def convergence_figure(log_dir, fig_dir, task: str, x: str = "epoch", show: bool
         base = [b for b in base if np.isfinite(b)]
         if base:
             ax.axhline(float(np.mean(base)), ls="--", c="grey", lw=1, label=f"majority class ({np.mean(base):.3f})")
-        ax.set(xlabel=x, ylabel=f"dev {main}", title=f"{task}: dev {main} (mean, min–max over seeds)")
-        axl.set(xlabel=x, ylabel="training loss (smoothed)", title=f"{task}: training loss (mean over seeds)")
+        ax.set(xlabel=x, ylabel=f"dev {main}", title=f"{task_label(task)}: dev {main} (mean, min–max over seeds)")
+        axl.set(xlabel=x, ylabel="training loss (smoothed)", title=f"{task_label(task)}: training loss (mean over seeds)")
         ax.legend(fontsize=7)
         axl.legend(fontsize=7)
         name = f"convergence_{task}"
         path = _save(fig, fig_dir, name)
-    caption = (f"Convergence on {task}: dev {main} against {x} (step 0 = the init) and the smoothed training "
+    caption = (f"Convergence on {task_label(task)}: dev {main} against {x} (step 0 = the init) and the smoothed training "
                f"loss; lines are means over seeds, bands span min to max; dashed: majority-class baseline. "
                f"{describe_runs(log_dir, logs)}.")
     out = {name: _entry(path, caption, logs)}
@@ -485,7 +487,7 @@ def differences_figure(log_dir, fig_dir, reference: str = "random", show: bool |
     runs = points_table(log_dir)
     if len(runs) == 0:
         return {}
-    tasks = [t for t in _sorted_unique(runs["task"])
+    tasks = [t for t in order_tasks(runs["task"])
              if reference in set(runs.loc[runs["task"] == t, "method"])
              and len(set(runs.loc[runs["task"] == t, "method"])) > 1]
     if not tasks:
@@ -507,7 +509,7 @@ def differences_figure(log_dir, fig_dir, reference: str = "random", show: bool |
                                    s=14, zorder=3)
                 ax.axhline(0, c="k", lw=0.8)
                 ax.set_xticks(range(len(methods)), methods, rotation=30, fontsize=7)
-                ax.set(ylabel=f"Δ vs {reference}", title=f"{task}: {label}")
+                ax.set(ylabel=f"Δ vs {reference}", title=f"{task_label(task)}: {label}")
             used += [lg for lg in _logs(log_dir, task) if np.isclose(lg["config"]["lr"], main_lr(
                 runs, task, lg["config"]["method"]))]
         path = _save(fig, fig_dir, "differences")
@@ -520,7 +522,8 @@ def differences_figure(log_dir, fig_dir, reference: str = "random", show: bool |
 
 
 def lr_sweep_figure(log_dir, fig_dir, show: bool | None = False) -> dict:
-    """For logs with several learning rates per (task, method):
+    """For the (task, method) pairs of a log directory that have several learning rates (methods run at
+    one lr only are left out):
 
     * ``lr_sweep.png``: per task, the final (solid) and best (dashed) dev main metric vs lr (log x),
       one colour per method (mean over seeds, error bar = min–max), majority baseline grey;
@@ -533,17 +536,18 @@ def lr_sweep_figure(log_dir, fig_dir, show: bool | None = False) -> dict:
     by_tm: dict[tuple, list] = {}
     for lg in logs:
         by_tm.setdefault((lg["config"]["task"], lg["config"]["method"]), []).append(lg)
-    tasks = _sorted_unique(t for (t, m), g in by_tm.items() if len({lg["config"]["lr"] for lg in g}) > 1)
+    swept = {tm for tm, g in by_tm.items() if len({lg["config"]["lr"] for lg in g}) > 1}
+    tasks = order_tasks(t for t, m in swept)
     if not tasks:
         return {}
-    used = [lg for lg in logs if lg["config"]["task"] in tasks]
+    used = [lg for lg in logs if (lg["config"]["task"], lg["config"]["method"]) in swept]
     colors = _method_colors()
     out = {}
     with _style():
         fig, axes = _new_figure(1, len(tasks), panel=(4.4, 3.4))
         for ax, task in zip(axes[0], tasks):
             main, all_lrs = None, set()
-            for method in _method_order(m for (t, m) in by_tm if t == task):
+            for method in _method_order(m for (t, m) in swept if t == task):
                 g = by_tm[(task, method)]
                 main = g[0]["task"]["main_metric"]
                 lrs = sorted({lg["config"]["lr"] for lg in g})
@@ -564,7 +568,7 @@ def lr_sweep_figure(log_dir, fig_dir, show: bool | None = False) -> dict:
             ax.set_xscale("log")
             ax.set_xticks(sorted(all_lrs), [_fmt_lr(x) for x in sorted(all_lrs)])
             ax.minorticks_off()
-            ax.set(xlabel="learning rate", ylabel=f"dev {main}", title=f"{task}: {main} vs learning rate")
+            ax.set(xlabel="learning rate", ylabel=f"dev {main}", title=f"{task_label(task)}: {main} vs learning rate")
             ax.legend(fontsize=7)
         path = _save(fig, fig_dir, "lr_sweep")
         out["lr_sweep"] = _entry(path, (
@@ -592,7 +596,7 @@ def lr_sweep_figure(log_dir, fig_dir, show: bool | None = False) -> dict:
             base = [b for b in base if np.isfinite(b)]
             if base:
                 ax.axhline(float(np.mean(base)), ls="--", c="grey", lw=1, label="majority class")
-            ax.set(xlabel="epoch", ylabel=f"dev {main}", title=f"{task}: dev {main} per learning rate")
+            ax.set(xlabel="epoch", ylabel=f"dev {main}", title=f"{task_label(task)}: dev {main} per learning rate")
             ax.legend(fontsize=7)
         path = _save(fig, fig_dir, "lr_curves")
         out["lr_curves"] = _entry(path, (
@@ -898,7 +902,7 @@ def spectra_figures(log_dir, fig_dir, task: str | None = None, show: bool | None
                                   "similarity φ of ΔW's top-r right (input) and left (output) singular vectors, "
                                   f"mean over layers. {describe_runs(log_dir, used)}.", used)
         out.update(_agreement(log_dir, sub, fig_dir, used))
-    for t in _sorted_unique(table["task"]):
+    for t in order_tasks(table["task"]):
         tt = table[table["task"] == t]
         tl = [lg for lg in logs_all if lg["config"]["task"] == t and lg["run_id"] in set(tt["run_id"])]
         out.update(_sv_decay(log_dir, fig_dir, t, tt, tl))
@@ -915,7 +919,7 @@ def _agreement(log_dir, sub, fig_dir, logs) -> dict:
     heat map of the mean φ: diagonal = same method, another seed; off-diagonal = same seed, another init."""
     import seaborn as sns
 
-    tasks = _sorted_unique(sub["task"])
+    tasks = order_tasks(sub["task"])
     methods = _method_order(set(sub["method_a"]) | set(sub["method_b"]))
     rnd = float(sub["random"].mean())
     with _style():
@@ -931,7 +935,7 @@ def _agreement(log_dir, sub, fig_dir, logs) -> dict:
                             annot_kws={"fontsize": 6}, xticklabels=methods, yticklabels=methods,
                             cbar_kws={"label": "φ(r, r)", "shrink": 0.7})
                 ax.collections[0].colorbar.ax.axhline(rnd, color="cyan", lw=2)
-                ax.set_title(f"{task}: {side} subspaces", fontsize=9)
+                ax.set_title(f"{task_label(task)}: {side} subspaces", fontsize=9)
                 ax.tick_params(labelsize=6)
         fig.suptitle("Do two runs put ΔW in the same top-r subspaces? diagonal: another seed; "
                      "off-diagonal: another init, same seed")
@@ -980,7 +984,7 @@ def _sv_decay(log_dir, fig_dir, task, tt, tl) -> dict:
             ax.legend(fontsize=6, loc="lower left")
         for ax in flat[len(methods):]:
             ax.set_visible(False)
-        fig.suptitle(f"{task}: normalised singular values of ΔW per method")
+        fig.suptitle(f"{task_label(task)}: normalised singular values of ΔW per method")
         name = f"sv_decay_{task}"
         path = _save(fig, fig_dir, name)
     cap = (f"Singular-value decay of ΔW (relative to the pretrained W) on {task}: σ_i/σ_1 against i, one faint line "
@@ -1006,10 +1010,10 @@ def _effective_rank(log_dir, fig_dir, task, tt, tl) -> dict:
                             marker="o", ms=4, capsize=2, color=colors.get(method), label=f"{method} (n={n})")
             r = tt["r_ref"].iloc[0]
             ax.axhline(r, ls="--", c="grey", lw=1, label=f"r = {r}")
-            ax.set(xlabel="layer index", ylabel="effective rank of ΔW", title=f"{task}: {kind}")
+            ax.set(xlabel="layer index", ylabel="effective rank of ΔW", title=f"{task_label(task)}: {kind}")
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.legend(fontsize=7)
-        fig.suptitle(f"{task}: effective rank (Roy & Vetterli) of ΔW per layer; mean, min–max over seeds")
+        fig.suptitle(f"{task_label(task)}: effective rank (Roy & Vetterli) of ΔW per layer; mean, min–max over seeds")
         name = f"effective_rank_{task}"
         path = _save(fig, fig_dir, name)
     cap = (f"Effective rank exp(H(σ/Σσ)) of ΔW for each layer and method on {task} (mean over seeds, bars: min–max); "
@@ -1044,7 +1048,7 @@ def _angles(log_dir, fig_dir, task, tt, tl) -> dict:
                    title=f"ΔW top-{r_ref} right subspace vs W's {which}-{r_ref}")
             ax.legend(handles=[Line2D([], [], color="red", lw=2, label=f"random subspaces: {base:.3f}")],
                       loc="upper left", bbox_to_anchor=(0, -0.18), fontsize=7, frameon=False)
-        fig.suptitle(f"{task}: overlap of ΔW's input (right) singular subspace with W's, mean over seeds")
+        fig.suptitle(f"{task_label(task)}: overlap of ΔW's input (right) singular subspace with W's, mean over seeds")
         name = f"angles_{task}"
         path = _save(fig, fig_dir, name)
     cap = (f"Principal angles on {task}: mean cos² of the principal angles between ΔW's top-r right singular "
@@ -1114,7 +1118,7 @@ def _similarity(log_dir, fig_dir, task, tt, tl) -> dict:
         ax.plot(ii, ii / n_in, ls="--", c="grey", label=f"random subspaces: i/n (n={n_in})")
         ax.set(xlabel="i", ylabel="φ(i, i)", title="diagonal φ(i, i)", ylim=(0, 1.05))
         ax.legend(fontsize=6)
-        fig.suptitle(f"{task}: subspace similarity of ΔW's top right singular vectors, layer {layer}")
+        fig.suptitle(f"{task_label(task)}: subspace similarity of ΔW's top right singular vectors, layer {layer}")
         name = f"similarity_{task}"
         path = _save(fig, fig_dir, name)
     cap = (f"Subspace similarity φ(i, j) = ‖V₁[:, :i]ᵀ V₂[:, :j]‖²_F / min(i, j) (Hu et al. 2021, eq. 4) between "
@@ -1147,7 +1151,7 @@ def compare_figures(log_dir, fig_dir, show: bool | None = None) -> dict:
     out[f"summary_{name}"] = _entry(Path(fig_dir) / f"summary_{name}.csv",
                                     f"Final dev metrics, mean ± sample std over seeds (n = runs with a finite "
                                     f"value). {describe_runs(log_dir, logs)}.", logs)
-    for task in _sorted_unique(lg["config"]["task"] for lg in logs):
+    for task in order_tasks(lg["config"]["task"] for lg in logs):
         out.update(convergence_figure(log_dir, fig_dir, task))
     out.update(differences_figure(log_dir, fig_dir))
     out.update(lr_sweep_figure(log_dir, fig_dir))

@@ -66,6 +66,20 @@ TASKS: dict[str, Task] = {t.name: t for t in [
 ]}
 
 
+STUDY_ORDER = ("mrpc", "rte", "cola")   # the order the study's tables and figures list tasks in
+
+
+def order_tasks(names) -> list[str]:
+    """Distinct task ids in display order: the study's tasks first, then the registry's, then unknown ones."""
+    rank = {t: i for i, t in enumerate([*STUDY_ORDER, *(t for t in TASKS if t not in STUDY_ORDER)])}
+    return sorted(dict.fromkeys(names), key=lambda t: (rank.get(t, len(rank)), t))
+
+
+def task_label(name: str) -> str:
+    """How a task is written in prose and figures: its GLUE name ("MRPC", "CoLA", "STS-B")."""
+    return TASKS[name].dir if name in TASKS else name.upper()
+
+
 def get_task(name: str) -> Task:
     try:
         return TASKS[name.lower()]

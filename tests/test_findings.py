@@ -98,6 +98,32 @@ def test_findings_markdown_states_computed_numbers(grid_dir, tmp_path):
     assert "differences are noise" in text
 
 
+def test_brief_answers_each_question_on_the_tasks_that_learn(grid_dir):
+    runs = findings.points_table(grid_dir)
+    chance = {"mrpc": False, "rte": True}
+    lines = findings.brief(runs, chance)
+    text = "\n".join(lines)
+    assert lines[0].startswith("**In brief** (on MRPC, where adapters learn")     # RTE (at chance) left out
+    assert "RTE" not in text
+    d = np.array([SVD[s] - RANDOM[s] for s in range(3)])
+    p = stats.ttest_rel([SVD[s] for s in range(3)], [RANDOM[s] for s in range(3)]).pvalue
+    assert (f"svd − random, final: MRPC {d.mean():+.3f} ± {d.std(ddof=1):.3f} (svd ahead in all 3 seeds, "
+            f"p = {p:.3f})" in text) and "Distinguishable on MRPC." in text
+    naive = np.array([NAIVE[s] for s in range(3)])
+    svd = np.array([SVD[s] for s in range(3)])
+    assert (f"seed-to-seed std {naive.std(ddof=1):.3f} against {svd.std(ddof=1):.3f} for svd" in text)
+    assert "LoRA-FA" not in text and "smaller learning rates" not in text     # no such runs yet
+    assert findings.brief(runs, {"mrpc": True, "rte": True})[0].startswith("**In brief.** No adapter method")
+
+
+def test_short_names_the_side_most_seeds_are_on():
+    c = dict(b="svd", n=3, p=0.4, wins=1, diffs=[0.01, -0.02, -0.03], quantity="final")
+    assert findings._short(c) == "svd behind in 2/3 seeds, p = 0.40, n.s."
+    # a lower training loss is "ahead"
+    assert findings._short({**c, "quantity": "loss_epoch1", "wins": 2}) == "svd ahead in 2/3 seeds, p = 0.40, n.s."
+    assert findings._short({**c, "n": 2}) == "2 shared seeds, no conclusion"
+
+
 def test_comparison_and_lr_tables(grid_dir, tmp_path):
     t = findings.comparison_table(grid_dir)
     row = t[(t["task"] == "mrpc") & (t["comparison"] == "svd − random") & (t["at"] == "final")].iloc[0]
@@ -118,6 +144,10 @@ def test_comparison_and_lr_tables(grid_dir, tmp_path):
     assert c["lr_a"] == pytest.approx(PRESET_LR) and c["lr_b"] == pytest.approx(PRESET_LR) and c["n"] == 3
     head, _ = book.headline(grid_dir)
     assert head.loc[head["method"] == "random", "mrpc"].iloc[0].startswith(f"{np.mean(list(RANDOM.values())):.3f}")
+    # the page's summary states the lr block too, one entry per learning rate
+    brief = "\n".join(findings.brief(findings.points_table(grid_dir), {"mrpc": False, "rte": True}))
+    assert "**And at smaller learning rates** (the original claim), svd − random, final, on MRPC: lr 0.0001: +0.053" in brief
+    assert f"lr {PRESET_LR:g}: +0.033" in brief
 
 
 def test_differences_figure(grid_dir, tmp_path):

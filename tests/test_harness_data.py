@@ -17,7 +17,7 @@ import pytest
 from harness.config import DEFAULTS, PRESETS, config_hash, make_config, run_id
 from harness.data import Example, load_hub, load_local, load_task_data, read_glue_tsv
 from harness.fixtures import FIXTURE_TASKS, SIZES, make_examples
-from harness.tasks import TASKS, UserError, compute_metrics, get_task, majority_baseline
+from harness.tasks import TASKS, UserError, compute_metrics, get_task, majority_baseline, order_tasks, task_label
 
 pytestmark = pytest.mark.usefixtures("hf_offline")
 
@@ -164,6 +164,12 @@ def test_majority_baseline():
 
 
 # ----------------------------------------------------------------------------- errors
+def test_task_display_order_and_names():
+    # the study's tasks first (as configs/quick.yaml lists them), then the registry's, then unknown ids
+    assert order_tasks(["cola", "zzz", "stsb", "mrpc", "rte", "cola"]) == ["mrpc", "rte", "cola", "stsb", "zzz"]
+    assert [task_label(t) for t in ("mrpc", "rte", "cola", "stsb", "zzz")] == ["MRPC", "RTE", "CoLA", "STS-B", "ZZZ"]
+
+
 def test_unknown_task_lists_valid():
     with pytest.raises(UserError) as e:
         get_task("mprc")
