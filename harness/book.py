@@ -129,6 +129,10 @@ def readme_results(spec_path) -> str:
                  "| lr | random | svd | svd − random | svd ahead in | verdict |", "|---|---|---|---|---|---|"]
         text += [f"| {r['lr']:g} | {r['random']} | {r['svd']} | {r['svd − random (paired)']} | {r['svd ahead in']} | "
                  f"{r['verdict']} |" for _, r in fin.iterrows()]
+    from .findings import at_chance, brief, points_table
+    pts = points_table(out)
+    text += ["", *brief(pts, at_chance(pts), out.parent / "benchmark_lora.json",
+                        figures_root() / out.name / f"spectra_{out.name}.csv")]
     return "\n".join(text)
 
 

@@ -259,7 +259,9 @@ def brief(runs, chance: dict, benchmark=None, spectra_csv=None) -> list[str]:
     if finals:
         found = [(t, c) for t, c in finals if is_finding(c)]
         line = f"- **Does SVD init end higher than random init?** svd − random, final: {listed(finals)}. "
+        few = any(c["n"] < 3 for _, c in finals)
         line += (("Distinguishable on " + ", ".join(task_label(t) for t, _ in found) + ".") if found else
+                 "Too few shared seeds for a conclusion yet." if few else
                  "No: neither init ends higher on any of these tasks at this number of seeds.")
         out.append(line)
         speed = [(t, q, paired(runs, t, "random", "svd", q)) for t, _ in finals for q in SPEED]
@@ -269,6 +271,8 @@ def brief(runs, chance: dict, benchmark=None, spectra_csv=None) -> list[str]:
             line += ("; ".join(f"{task_label(t)}, {QUANTITY_LABELS[q]}: {_d(c)} ({_short(c)})" for t, q, c in fast)
                      + f". The other {len(speed) - len(fast)} of {len(speed)} early-progress measures "
                      "are not distinguishable from zero.")
+        elif few:
+            line += "Too few shared seeds for a conclusion yet."
         else:
             line += (f"Not measurably: none of the {len(speed)} early-progress measures (dev metric at the first "
                      "evaluation and after epoch 1, dev metric averaged over the curve, training loss over epoch 1) "
@@ -322,6 +326,12 @@ def brief(runs, chance: dict, benchmark=None, spectra_csv=None) -> list[str]:
     return out
 
 
+def at_chance(runs) -> dict[str, bool]:
+    """Per task: True when no adapter method (``full`` aside) ends above the majority-class baseline."""
+    return {t: not any(learned(runs, t).get(m, False) for m in set(runs.loc[runs["task"] == t, "method"]) - {"full"})
+            for t in order_tasks(runs["task"])}
+
+
 def findings_markdown(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=None) -> str:
     """The book's "what the results show" section, every number computed here from the logs of
     ``log_dir`` (plus the benchmark JSON and the spectra and subspace CSVs when given)."""
@@ -334,8 +344,7 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=N
            f"({_count(seeds)} per task and method; "
            f"differences are paired by seed, ± is their sample std, p a paired t-test).*", ""]
     tasks = order_tasks(runs["task"])
-    chance = {t: not any(learned(runs, t).get(m, False) for m in set(runs.loc[runs['task'] == t, 'method']) - {"full"})
-              for t in tasks}
+    chance = at_chance(runs)
     out += brief(runs, chance, benchmark, spectra_csv) + [""]
 
     def metric(task):

@@ -324,3 +324,6 @@ def test_readme_results_add_the_lr_comparison(tmp_path):
     assert "| random | 0.710 ± 0.014 (n=2) |" in text                       # the preset's lr only
     assert "| 0.0001 | 0.610 ± 0.014 | 0.715 ± 0.021 | +0.105 ± 0.007 | 2/2 |" in text
     assert f"| {PRESET_LR:g} | 0.710 ± 0.014 | 0.730 ± 0.028 | +0.020 ± 0.014 | 2/2 |" in text
+    # the summary bullets of the book's findings page follow the tables; two seeds are no conclusion
+    assert ("**Does SVD init end higher than random init?** svd − random, final: MRPC +0.020 ± 0.014 "
+            "(2 shared seeds, no conclusion). Too few shared seeds for a conclusion yet.") in text
