@@ -58,6 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import lora  # noqa: E402
+from harness.train import cpu_model  # noqa: E402
 
 BATCH, SEQ_LEN, RANK, ALPHA, DROPOUT = 32, 75, 8, 16.0, 0.1
 QV = ("query", "value")
@@ -222,16 +223,6 @@ def predicted_fa_saving(model) -> int:
 
 def rel(a: float, b: float) -> float:
     return (a - b) / b if b else float("nan")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def write_json(path: Path, data: dict) -> None:

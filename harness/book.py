@@ -47,12 +47,13 @@ def show_figure(grid: str, name: str) -> None:
     display(Markdown(f"**Figure.** {entry['caption']}"))
 
 
-def show_table(df, caption: str | None = None, floatfmt: int = 4) -> None:
-    """A DataFrame as an HTML table without its index, numbers rounded, optional caption."""
+def show_table(df, caption: str | None = None, floatfmt: int = 4, empty: str = "no runs logged yet") -> None:
+    """A DataFrame as an HTML table without its index, numbers rounded, optional caption; ``empty`` is
+    what an empty table says instead."""
     from IPython.display import HTML, Markdown, display
 
     if df is None or len(df) == 0:
-        display(Markdown("*(no runs logged yet)*"))
+        display(Markdown(f"*({empty})*"))
         return
     display(HTML(df.to_html(index=False, float_format=lambda v: f"{v:.{floatfmt}g}", na_rep="–",
                             border=0, classes="table")))

@@ -280,10 +280,13 @@ def brief(runs, chance: dict, benchmark=None, spectra_csv=None) -> list[str]:
         out.append(line)
     lr_task = next((t for t in order_tasks(runs["task"]) if shared_lrs(runs, t, "random", "svd")), None)
     if lr_task:
-        parts = [f"lr {lr:g}: {_d(c)} ({_short(c)})" for lr in shared_lrs(runs, lr_task, "random", "svd")
+        parts = [f"lr {lr:g}: {c['mean_b']:.3f} vs {c['mean_a']:.3f}, {_d(c)} ({_short(c)})"
+                 for lr in shared_lrs(runs, lr_task, "random", "svd")
                  for c in [paired(runs, lr_task, "random", "svd", "final", lr, lr)]]
-        out.append(f"- **And at smaller learning rates** (the original claim), svd − random, final, on "
-                   f"{task_label(lr_task)}: " + "; ".join(parts) + ".")
+        g = runs[runs["task"] == lr_task]
+        out.append(f"- **And at smaller learning rates** (the original claim)? Final {g['main_metric'].iloc[0]} on "
+                   f"{task_label(lr_task)}, svd vs random and svd − random: " + "; ".join(parts)
+                   + f" (majority class {float(np.nanmean(g['baseline'])):.3f}).")
     fa, fasvd = over("random", "lora_fa"), over("random", "lora_fa_svd")
     if fa or fasvd:
         line = "- **What does LoRA-FA cost?** "

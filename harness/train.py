@@ -91,6 +91,17 @@ def linear_schedule(step: int, warmup: int, total: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what :mod:`platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device: torch.device) -> dict:
     import transformers
     root = Path(__file__).resolve().parent.parent
@@ -104,7 +115,7 @@ def environment(device: torch.device) -> dict:
         commit, dirty = None, None
     return dict(python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
                 numpy=np.__version__, device=str(device), threads=torch.get_num_threads(),
-                cpu=platform.processor() or platform.machine(), host=platform.node(),
+                cpu=cpu_model(), host=platform.node(),
                 gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                 git_commit=commit, git_dirty=dirty)
 

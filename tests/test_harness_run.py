@@ -26,6 +26,7 @@ from harness.config import config_hash, make_config, run_id
 from harness.data import SPLITS
 from harness.grid import expand, load_spec, notebook_parameters
 from harness.logs import REQUIRED, read_log
+from harness.train import cpu_model
 
 pytestmark = pytest.mark.usefixtures("hf_offline")
 
@@ -108,6 +109,7 @@ def test_log_is_complete(runs, glue_fixture):
     assert disk["wall_time_s"] > 0 and disk["peak_memory_bytes"] > 0
     assert {"python", "torch", "transformers", "device", "git_commit"} <= set(disk["env"])
     assert disk["env"]["device"] == "cpu"
+    assert disk["env"]["cpu"] == cpu_model() and disk["env"]["threads"] == torch.get_num_threads()
     # the adapter factors, readable without the model
     assert disk["factors_file"] == f"{run_id(cfg)}.safetensors"
     factors = lora.load_delta_factors(d / disk["factors_file"])
