@@ -94,8 +94,8 @@ def readme_results(spec_path) -> str:
     :func:`headline` table with the tasks' metric names and a majority-class row."""
     import numpy as np
 
+    from .findings import at_chance, brief, lr_table, points_table
     from .grid import expand, grid_out_dir, load_spec, run_status
-    from .report import runs_table
 
     spec = load_spec(spec_path)
     out = grid_out_dir(spec)
@@ -107,7 +107,7 @@ def readme_results(spec_path) -> str:
     table, _ = headline(out)
     if table is None:
         return "\n".join(text + ["", "*(no finished runs yet)*"])
-    runs = runs_table(out)
+    runs = points_table(out)     # runs_table plus the curve points that the summary bullets use
     tasks = [c for c in table.columns if c != "method"]
     metric = {t: runs.loc[runs["task"] == t, "main_metric"].iloc[0] for t in tasks}
     text += ["Final dev metric, mean ± sample std over seeds (n = seeds), each method at its preset's learning "
@@ -122,7 +122,6 @@ def readme_results(spec_path) -> str:
                     + " | ".join(str(row[t]) if isinstance(row[t], str) else "–" for t in tasks) + " |")
     base = {t: float(np.nanmean(runs.loc[runs["task"] == t, "baseline"])) for t in tasks}
     text.append("| majority class | " + " | ".join(f"{base[t]:.3g}" if base[t] else "0" for t in tasks) + " |")
-    from .findings import lr_table
     lt = lr_table(out)
     if len(lt):
         fin = lt[lt["at"] == "final"]
@@ -130,9 +129,7 @@ def readme_results(spec_path) -> str:
                  "| lr | random | svd | svd − random | svd ahead in | verdict |", "|---|---|---|---|---|---|"]
         text += [f"| {r['lr']:g} | {r['random']} | {r['svd']} | {r['svd − random (paired)']} | {r['svd ahead in']} | "
                  f"{r['verdict']} |" for _, r in fin.iterrows()]
-    from .findings import at_chance, brief, points_table
-    pts = points_table(out)
-    text += ["", *brief(pts, at_chance(pts), out.parent / "benchmark_lora.json",
+    text += ["", *brief(runs, at_chance(runs), out.parent / "benchmark_lora.json",
                         figures_root() / out.name / f"spectra_{out.name}.csv")]
     return "\n".join(text)
 

@@ -72,7 +72,8 @@ def paired(runs, task: str, a: str, b: str, quantity: str = "final", lr_a=None, 
 
     ``lr_a``/``lr_b``: the learning rate of each side (default: :func:`harness.report.main_lr`, the preset's).
     Returns n, seeds, mean_a, mean_b, std_a, std_b, diff (mean of b − a), diff_std, wins (seeds where
-    b is better: b > a, or b < a for a quantity in :data:`LOWER_IS_BETTER`), p (paired t-test; NaN for n < 3 or zero spread), diffs (b − a per shared seed)."""
+    b is better: b > a, or b < a for a quantity in :data:`LOWER_IS_BETTER`), behind (seeds where b is worse),
+    p (paired t-test; NaN for n < 3 or zero spread), diffs (b − a per shared seed)."""
     from scipy import stats
 
     def side(method, lr):
@@ -97,7 +98,9 @@ def paired(runs, task: str, a: str, b: str, quantity: str = "final", lr_a=None, 
     return dict(task=task, a=a, b=b, quantity=quantity, lr_a=lr_a, lr_b=lr_b, n=n, seeds=seeds,
                 mean_a=float(xa.mean()) if n else math.nan, mean_b=float(xb.mean()) if n else math.nan,
                 std_a=sd(xa), std_b=sd(xb), diff=float(d.mean()) if n else math.nan, diff_std=sd(d),
-                wins=int((d < 0).sum() if quantity in LOWER_IS_BETTER else (d > 0).sum()), p=p, diffs=[float(x) for x in d])
+                wins=int((d < 0).sum() if quantity in LOWER_IS_BETTER else (d > 0).sum()),
+                behind=int((d > 0).sum() if quantity in LOWER_IS_BETTER else (d < 0).sum()), p=p,
+                diffs=[float(x) for x in d])
 
 
 def is_finding(c: dict) -> bool:
@@ -203,6 +206,16 @@ def shared_lrs(runs, task: str, a: str, b: str) -> list[float]:
     return lrs if len(lrs) > 1 else []
 
 
+def lr_block(runs, a: str = "random", b: str = "svd") -> tuple:
+    """(task, lrs): the first task (in display order) where ``a`` and ``b`` share several learning rates, and
+    those rates; (None, []) when no task has such a block."""
+    for task in order_tasks(runs["task"]):
+        lrs = shared_lrs(runs, task, a, b)
+        if lrs:
+            return task, lrs
+    return None, []
+
+
 # ----------------------------------------------------------------------------- the book's sentences
 def learned(runs, task: str) -> dict:
     """Which methods end above the majority-class baseline on ``task`` (mean final over seeds at the
@@ -229,9 +242,7 @@ def _short(c: dict) -> str:
         return f"{c['n']} shared seed{'s' if c['n'] != 1 else ''}, no conclusion"
     if is_finding(c):
         return f"{c['b']} {'ahead' if b_ahead(c) else 'behind'} in all {c['n']} seeds, p = {_p(c['p'])}"
-    d = np.array(c["diffs"]) * (-1 if c.get("quantity") in LOWER_IS_BETTER else 1)
-    behind = int((d < 0).sum())
-    side, k = ("behind", behind) if behind > c["wins"] else ("ahead", c["wins"])
+    side, k = ("behind", c["behind"]) if c["behind"] > c["wins"] else ("ahead", c["wins"])
     return f"{c['b']} {side} in {k}/{c['n']} seeds, p = {_p(c['p'])}, n.s."
 
 
@@ -241,11 +252,8 @@ def brief(runs, chance: dict, benchmark=None, spectra_csv=None) -> list[str]:
     paired by seed (b − a, mean ± std); a difference is called a difference only when :func:`is_finding`."""
     tasks = [t for t in order_tasks(runs["task"]) if not chance[t]]
 
-    def have(task, *methods):
-        return set(methods) <= set(runs.loc[runs["task"] == task, "method"])
-
     def over(a, b, q="final"):
-        return [(t, paired(runs, t, a, b, q)) for t in tasks if have(t, a, b)]
+        return [(t, paired(runs, t, a, b, q)) for t in tasks if has_methods(runs, t, a, b)]
 
     def listed(pairs):
         return "; ".join(f"{task_label(t)} {_d(c)} ({_short(c)})" for t, c in pairs)
@@ -278,11 +286,10 @@ def brief(runs, chance: dict, benchmark=None, spectra_csv=None) -> list[str]:
                      "evaluation and after epoch 1, dev metric averaged over the curve, training loss over epoch 1) "
                      "separates them.")
         out.append(line)
-    lr_task = next((t for t in order_tasks(runs["task"]) if shared_lrs(runs, t, "random", "svd")), None)
+    lr_task, lrs = lr_block(runs)
     if lr_task:
         parts = [f"lr {lr:g}: {c['mean_b']:.3f} vs {c['mean_a']:.3f}, {_d(c)} ({_short(c)})"
-                 for lr in shared_lrs(runs, lr_task, "random", "svd")
-                 for c in [paired(runs, lr_task, "random", "svd", "final", lr, lr)]]
+                 for lr in lrs for c in [paired(runs, lr_task, "random", "svd", "final", lr, lr)]]
         g = runs[runs["task"] == lr_task]
         out.append(f"- **And at smaller learning rates** (the original claim)? Final {g['main_metric'].iloc[0]} on "
                    f"{task_label(lr_task)}, svd vs random and svd − random: " + "; ".join(parts)
@@ -329,6 +336,11 @@ def brief(runs, chance: dict, benchmark=None, spectra_csv=None) -> list[str]:
     return out
 
 
+def has_methods(runs, task: str, *methods: str) -> bool:
+    """Whether ``runs`` has runs of every one of ``methods`` on ``task``."""
+    return set(methods) <= set(runs.loc[runs["task"] == task, "method"])
+
+
 def at_chance(runs) -> dict[str, bool]:
     """Per task: True when no adapter method (``full`` aside) ends above the majority-class baseline."""
     return {t: not any(learned(runs, t).get(m, False) for m in set(runs.loc[runs["task"] == t, "method"]) - {"full"})
@@ -353,13 +365,10 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=N
     def metric(task):
         return runs.loc[runs["task"] == task, "main_metric"].iloc[0]
 
-    def have(task, *methods):
-        return set(methods) <= set(runs.loc[runs["task"] == task, "method"])
-
     # 1. SVD vs random
     out.append("**Does SVD init beat random init?**")
     for t in tasks:
-        if not have(t, "random", "svd"):
+        if not has_methods(runs, t, "random", "svd"):
             continue
         f, q1, cv, lo = (paired(runs, t, "random", "svd", q) for q in ("final", "first", "curve", "loss_epoch1"))
         line = (f"- {task_label(t)} ({metric(t)}): final {_ms(f['mean_b'], f['std_b'])} for svd vs "
@@ -370,9 +379,9 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=N
         if chance[t]:
             line += " No adapter method beats the majority-class baseline here, so these differences are noise."
         out.append(line)
-    lr_task = next((t for t in tasks if shared_lrs(runs, t, "random", "svd")), None)
+    lr_task, lrs = lr_block(runs)
     if lr_task:
-        parts = [f"lr {lr:g}: {_d(c)} ({verdict(c)})" for lr in shared_lrs(runs, lr_task, "random", "svd")
+        parts = [f"lr {lr:g}: {_d(c)} ({verdict(c)})" for lr in lrs
                  for c in [paired(runs, lr_task, "random", "svd", "final", lr, lr)]]
         out.append(f"- At smaller learning rates on {task_label(lr_task)} (the original claim: SVD init helps most "
                    "there), svd − random, final: " + "; ".join(parts) + ".")
@@ -382,7 +391,7 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=N
     out.append("**What does LoRA-FA cost, and save?**")
     for t in tasks:
         for b in ("lora_fa", "lora_fa_svd"):
-            if have(t, "random", b):
+            if has_methods(runs, t, "random", b):
                 c = paired(runs, t, "random", b)
                 out.append(f"- {task_label(t)}: {b} − random, final {metric(t)}: {_d(c)} ({verdict(c)})"
                            + (" (at chance level)" if chance[t] else "") + ".")
@@ -405,10 +414,10 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=N
     out.append("")
 
     # 3. naive SVD
-    if any(have(t, "svd", "svd_naive") for t in tasks):
+    if any(has_methods(runs, t, "svd", "svd_naive") for t in tasks):
         out.append("**How does the naive SVD init behave?**")
         for t in tasks:
-            if not have(t, "svd", "svd_naive"):
+            if not has_methods(runs, t, "svd", "svd_naive"):
                 continue
             z, f = paired(runs, t, "svd", "svd_naive", "step0"), paired(runs, t, "svd", "svd_naive")
             out.append(f"- {task_label(t)}: before training its {metric(t)} is {_ms(z['mean_b'], z['std_b'])} against "
@@ -417,10 +426,10 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=N
         out.append("")
 
     # 4. full fine-tuning
-    if any(have(t, "random", "full") for t in tasks):
+    if any(has_methods(runs, t, "random", "full") for t in tasks):
         out.append("**How far are the adapters from full fine-tuning?**")
         for t in tasks:
-            if have(t, "random", "full"):
+            if has_methods(runs, t, "random", "full"):
                 c = paired(runs, t, "random", "full")
                 out.append(f"- {task_label(t)}: full − random (LoRA), final {metric(t)}: {_d(c)} ({verdict(c)}).")
         out.append("")

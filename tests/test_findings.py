@@ -58,7 +58,7 @@ def test_paired_matches_scipy_and_drops_unpaired_seeds(grid_dir):
     assert c["diffs"] == pytest.approx(list(b - a))
     assert c["mean_a"] == pytest.approx(a.mean()) and c["std_b"] == pytest.approx(b.std(ddof=1))
     assert c["p"] == pytest.approx(stats.ttest_rel(b, a).pvalue)
-    assert c["wins"] == 3
+    assert c["wins"] == 3 and c["behind"] == 0
 
 
 def test_verdicts():
@@ -82,7 +82,7 @@ def test_paired_counts_a_lower_loss_as_a_win(grid_dir):
     rnd = (runs["task"] == "mrpc") & (runs["method"] == "random")
     runs.loc[rnd, "loss_epoch1"] = runs.loc[rnd, "seed"].map({0: 0.5, 1: 0.45, 2: 0.38})
     c = findings.paired(runs, "mrpc", "random", "svd", "loss_epoch1")
-    assert c["diffs"] == pytest.approx([-0.1, -0.05, 0.02]) and c["wins"] == 2
+    assert c["diffs"] == pytest.approx([-0.1, -0.05, 0.02]) and c["wins"] == 2 and c["behind"] == 1
 
 
 def test_findings_markdown_states_computed_numbers(grid_dir, tmp_path):
@@ -117,10 +117,11 @@ def test_brief_answers_each_question_on_the_tasks_that_learn(grid_dir):
 
 
 def test_short_names_the_side_most_seeds_are_on():
-    c = dict(b="svd", n=3, p=0.4, wins=1, diffs=[0.01, -0.02, -0.03], quantity="final")
+    c = dict(b="svd", n=3, p=0.4, wins=1, behind=2, diffs=[0.01, -0.02, -0.03], quantity="final")
     assert findings._short(c) == "svd behind in 2/3 seeds, p = 0.40, n.s."
     # a lower training loss is "ahead"
-    assert findings._short({**c, "quantity": "loss_epoch1", "wins": 2}) == "svd ahead in 2/3 seeds, p = 0.40, n.s."
+    loss = {**c, "quantity": "loss_epoch1", "wins": 2, "behind": 1}
+    assert findings._short(loss) == "svd ahead in 2/3 seeds, p = 0.40, n.s."
     assert findings._short({**c, "n": 2}) == "2 shared seeds, no conclusion"
 
 
