@@ -11,11 +11,12 @@ import json
 
 import numpy as np
 
-from lora import INIT_METHODS
+from lora import ALL_INITS, DATA_INITS
 
 from .tasks import UserError, get_task
+from .validate import validate_config, validate_identity
 
-METHODS = ("full", *INIT_METHODS)
+METHODS = ("full", *ALL_INITS)
 
 # Fields every config has, with the value used when neither the preset nor the user sets one.
 # ``lr`` in a preset is {"lora": ..., "full": ...}: adapters and full fine-tuning need different rates.
@@ -24,7 +25,17 @@ DEFAULTS = dict(
     model=None, rank=8, alpha=16.0, dropout=0.1, targets=["query", "value"], head=["classifier", "pooler"],
     lr={"lora": 5e-4, "full": 5e-5}, epochs=3, batch_size=32, max_length=128, warmup_ratio=0.06, weight_decay=0.01,
     evals_per_epoch=4, max_train_examples=None, group_by_length=True, svd_method="full", niter=4,
+    precision="fp32", val_fraction=None, init_batches=None, rslora=False,
 )
+
+# Fields added after the round-1 grid: left out of the hash while they hold the value that round-1 runs
+# had implicitly, so every committed log keeps its hash; any other value is hashed (and so names a new run).
+#   precision     "fp32" or "bf16" (autocast for the forward/backward; weights and optimizer stay fp32)
+#   val_fraction  None (train on all of train) or the fraction held out of train as a validation split
+#   init_batches  training batches the data-aware inits (lora.DATA_INITS) read; set for those methods only
+#   rslora        s = alpha/sqrt(r) instead of alpha/r
+LEGACY = dict(precision="fp32", val_fraction=None, init_batches=None, rslora=False)
+DATA_INIT_BATCHES = 8
 
 PRESETS: dict[str, dict] = {
     # Seconds on a CPU, no downloads: a tiny RoBERTa built from a config and a BPE tokenizer
@@ -38,6 +49,12 @@ PRESETS: dict[str, dict] = {
     # Full fine-tuning at 5e-5 (not swept; the usual BERT range).
     "quick": dict(model="bundled:all-MiniLM-L6-v2", lr={"lora": 1e-3, "full": 5e-5},
                   tasks={"mrpc": dict(epochs=3), "rte": dict(epochs=3), "cola": dict(epochs=6)}),
+    # Protocol v2 (configs/v2_sweep.yaml, configs/v2.yaml): the quick setup, but 10 % of train held out as a
+    # validation split on which each method's lr is chosen; dev is only reported.  svd_seed keeps the seed
+    # project's alpha = 1 (s = 1/r), which also sets the size of its step-0 change W + s·B₀A₀.
+    "v2": dict(model="bundled:all-MiniLM-L6-v2", lr={"lora": 1e-3, "full": 5e-5}, val_fraction=0.1,
+               tasks={"mrpc": dict(epochs=3), "rte": dict(epochs=3), "cola": dict(epochs=6)},
+               methods={"svd_seed": dict(alpha=1.0)}),
     # The LoRA paper's RoBERTa-base GLUE setup (Hu et al. 2021, Table 9): r = 8 on query/value,
     # alpha = 8 (their released scripts), max length 512, warmup 6 %, linear decay.  For a GPU.
     "paper": dict(model="roberta-base", rank=8, alpha=8.0, dropout=0.0, max_length=512, warmup_ratio=0.06,
@@ -54,6 +71,7 @@ UNHASHED = ("data_dir", "hub_id", "out_dir")
 
 def make_config(task: str = "mrpc", method: str = "random", preset: str = "quick", **overrides) -> dict:
     """Resolve a full config: DEFAULTS < preset < preset's per-task values < explicit overrides."""
+    validate_identity(task, method, preset)
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
     if method not in METHODS:
@@ -62,15 +80,19 @@ def make_config(task: str = "mrpc", method: str = "random", preset: str = "quick
     unknown = sorted(set(overrides) - set(DEFAULTS))
     if unknown:
         raise UserError(f"unknown config field(s) {', '.join(unknown)}; valid: {', '.join(sorted(DEFAULTS))}")
-    p = {k: v for k, v in PRESETS[preset].items() if k != "tasks"}
+    p = {k: v for k, v in PRESETS[preset].items() if k not in ("tasks", "methods")}
     per_task = PRESETS[preset].get("tasks", {}).get(task_name, {})
-    cfg = {**DEFAULTS, **p, **per_task}
+    per_method = PRESETS[preset].get("methods", {}).get(method, {})
+    cfg = {**DEFAULTS, **p, **per_task, **per_method}
     cfg["lr"] = {**DEFAULTS["lr"], **p.get("lr", {}), **per_task.get("lr", {})}["full" if method == "full" else "lora"]
     cfg.update({k: v for k, v in overrides.items() if v is not None})
+    if method in DATA_INITS and cfg["init_batches"] is None:
+        cfg["init_batches"] = DATA_INIT_BATCHES
     cfg.update(task=task_name, method=method, preset=preset)
     if method == "full":   # adapter fields do not apply; keep them out of the hash
-        for k in ("rank", "alpha", "dropout", "targets", "svd_method", "niter"):
+        for k in ("rank", "alpha", "dropout", "targets", "svd_method", "niter", "init_batches", "rslora"):
             cfg[k] = None
+    cfg = validate_config(cfg)     # every field's type and range (harness/validate.py)
     for k in ("lr", "alpha", "dropout", "warmup_ratio", "weight_decay"):
         if cfg[k] is not None:
             cfg[k] = float(cfg[k])
@@ -79,7 +101,8 @@ def make_config(task: str = "mrpc", method: str = "random", preset: str = "quick
 
 def config_hash(cfg: dict) -> str:
     """sha256 of the canonical JSON of the hashed fields; the first 8 hex digits name the run."""
-    canon = json.dumps({k: cfg[k] for k in sorted(cfg) if k not in UNHASHED}, sort_keys=True)
+    canon = json.dumps({k: cfg[k] for k in sorted(cfg)
+                        if k not in UNHASHED and not (k in LEGACY and cfg[k] == LEGACY[k])}, sort_keys=True)
     return hashlib.sha256(canon.encode()).hexdigest()
 
 

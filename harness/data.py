@@ -37,8 +37,17 @@ def sha256_of(path: Path) -> str:
 
 def read_glue_tsv(path: Path, task: Task) -> list[Example]:
     """Parse one classic GLUE TSV file; a malformed row raises UserError naming file and line."""
-    with open(path, encoding="utf-8-sig", newline="") as f:   # utf-8-sig drops MRPC's BOM
-        lines = f.read().split("\n")
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
+    raw = raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw     # MRPC's UTF-8 BOM
+    try:
+        lines = raw.decode("utf-8").split("\n")
+    except UnicodeDecodeError as e:      # a binary or non-UTF-8 file
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise UserError(f"{path} line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); "
+                        f"expected a tab-separated GLUE file") from None
     if lines and lines[-1] == "":
         lines.pop()
     lines = [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
@@ -134,3 +143,42 @@ def write_glue_tsv(path: Path, task: Task, examples: list[Example]) -> None:
             fields[task.tsv_label] = raw
             rows.append("\t".join(fields))
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
+VAL_SPLIT_SEED = 0   # one fixed hold-out for every run and seed of a task
+
+
+def split_validation(examples: list[Example], task: Task, fraction: float,
+                     seed: int = VAL_SPLIT_SEED) -> tuple[list[Example], list[Example], dict]:
+    """Carve a fixed, stratified validation split out of the training examples.
+
+    Stratified by label (a regression task by the quintile of its score), so each class keeps its
+    share; within a stratum the held-out examples are a seeded random choice of round(fraction·n)
+    (at least one).  The same (examples, fraction, seed) always give the same split, independent of
+    the run's seed.  Returns (train_rest, validation, info); ``info`` records the fraction, the sizes
+    and the sha256 of the sorted held-out indices, for the run log.
+    """
+    import numpy as np
+    if not 0 < fraction < 1:
+        raise UserError(f"val_fraction {fraction!r} is not in (0, 1)")
+    labels = np.array([ex.label for ex in examples], dtype=float)
+    if task.labels is None:     # regression: strata are score quintiles
+        edges = np.quantile(labels, [0.2, 0.4, 0.6, 0.8])
+        strata = np.searchsorted(edges, labels, side="right")
+    else:
+        strata = labels.astype(int)
+    rng = np.random.default_rng(seed)
+    held = []
+    for s in np.unique(strata):
+        idx = np.flatnonzero(strata == s)
+        k = max(1, int(round(fraction * len(idx))))
+        held.extend(rng.choice(idx, size=min(k, len(idx) - 1) if len(idx) > 1 else 0, replace=False).tolist())
+    held = sorted(held)
+    if not held or len(held) >= len(examples):
+        raise UserError(f"cannot hold out a validation split of {fraction} from {len(examples)} examples")
+    held_set = set(held)
+    train = [ex for i, ex in enumerate(examples) if i not in held_set]
+    val = [examples[i] for i in held]
+    digest = hashlib.sha256(",".join(map(str, held)).encode()).hexdigest()
+    return train, val, {"fraction": fraction, "seed": seed, "n_train": len(train), "n_val": len(val),
+                        "indices_sha256": digest}

@@ -36,6 +36,11 @@ def make_examples(task: str, split: str, seed: int = 0) -> list[Example]:
         if task == "cola":
             words = a.split()
             out.append(Example((a if y else " ".join(reversed(words)),), y))
+        elif task == "stsb":     # score 0..5: the fewer content words of a replaced in b, the higher
+            score, words = float(i % 6), a.split()
+            for j in rng.sample([1, 2, 4], round((5 - score) * 3 / 5)):
+                words[j] = rng.choice(VERBS if j == 2 else NOUNS)
+            out.append(Example((a, " ".join(words).replace("the", "a", 1)), score))
         else:
             b = a.replace("the", "a", 1) + (" indeed" if y else " never")
             label = y if task == "mrpc" else 1 - y          # RTE: entailment is id 0

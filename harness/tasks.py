@@ -30,6 +30,7 @@ class Task:
     has_header: bool = True
     dev_file: str = "dev.tsv"
     hub_dev_split: str = "validation"
+    family = "cross"               # a cross-encoder classifier (harness/train.py); BiTask: "bi"
 
     @property
     def num_labels(self) -> int:
@@ -66,6 +67,32 @@ TASKS: dict[str, Task] = {t.name: t for t in [
 ]}
 
 
+@dataclass(frozen=True)
+class BiTask:
+    """A sentence-embedding (bi-encoder) task on a GLUE pair task's data (see harness/biencoder.py):
+    each sentence is embedded on its own and a pair is scored by the cosine of its two embeddings."""
+    name: str                          # "bi-mrpc"
+    pair_task: str                     # the GLUE pair task whose files / hub config it reads: "mrpc"
+    metrics: tuple[str, ...]           # first one is the main metric
+    label_range: tuple[float, float]   # a label outside it (in a file) is a UserError
+    label_scale: float = 1.0           # cosine target = label / label_scale (STS-B: score / 5 in [0, 1])
+    retrieval: bool = False            # also paraphrase retrieval (label 1 pairs) on the dev sentences
+    loss: str = "cosine_mse"
+    family = "bi"
+    num_labels = 1                     # no classifier; 1 for code that builds a model by task (report)
+
+    @property
+    def main_metric(self) -> str:
+        return self.metrics[0]
+
+
+BI_TASKS: dict[str, BiTask] = {t.name: t for t in [
+    BiTask("bi-mrpc", "mrpc", ("roc_auc", "recall@1", "recall@10", "mrr@10", "exact_recall@1", "exact_recall@10",
+                               "exact_mrr@10", "ann_overlap@10"), (0, 1), retrieval=True),
+    BiTask("bi-stsb", "stsb", ("spearman", "pearson"), (0.0, 5.0), label_scale=5.0),
+]}
+
+
 STUDY_ORDER = ("mrpc", "rte", "cola")   # the order the study's tables and figures list tasks in
 
 
@@ -80,11 +107,15 @@ def task_label(name: str) -> str:
     return TASKS[name].dir if name in TASKS else name.upper()
 
 
-def get_task(name: str) -> Task:
-    try:
-        return TASKS[name.lower()]
-    except KeyError:
-        raise UserError(f"unknown task {name!r}; valid: {', '.join(TASKS)}") from None
+def get_task(name: str) -> Task | BiTask:
+    key = name.lower()
+    if key in TASKS or key in BI_TASKS:
+        return TASKS.get(key) or BI_TASKS[key]
+    if key.startswith("bi-"):
+        base = TASKS.get(key[3:])
+        why = f" ({base.dir} has single sentences; a bi-encoder needs pairs)" if base and len(base.hub_text) < 2 else ""
+        raise UserError(f"unknown bi-encoder task {name!r}{why}; valid: {', '.join(BI_TASKS)}")
+    raise UserError(f"unknown task {name!r}; valid: {', '.join([*TASKS, *BI_TASKS])}")
 
 
 def compute_metrics(task: Task, predictions, references) -> dict[str, float]:

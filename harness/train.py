@@ -5,6 +5,7 @@ The log (``<out_dir>/<run_id>.json``) is written atomically, after the adapter f
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import platform
@@ -21,7 +22,7 @@ from tqdm import tqdm
 import lora
 
 from .config import config_hash, run_id
-from .data import HUB_ID, load_task_data
+from .data import HUB_ID, load_task_data, split_validation
 from .logs import write_json_atomic
 from .models import load_model_and_tokenizer
 from .tasks import compute_metrics, get_task, majority_baseline
@@ -65,15 +66,23 @@ def train_batches(lengths: list[int], batch_size: int, generator: torch.Generato
     return batches
 
 
-@torch.no_grad()
-def evaluate(model, tok, rows, task, device, batch_size: int = 64) -> dict[str, float]:
+def autocast(precision: str, device: torch.device):
+    """The forward/backward's precision: ``"bf16"`` autocasts matmuls to bfloat16 (weights, gradients
+    and optimizer state stay float32); ``"fp32"`` leaves everything in float32."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+@torch.inference_mode()
+def evaluate(model, tok, rows, task, device, batch_size: int = 64, precision: str = "fp32") -> dict[str, float]:
+    """The task's metrics on ``rows``: batches of similar length (sorted), no autograd."""
     model.eval()
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
     preds = np.empty(len(rows), dtype=np.float64 if task.labels is None else np.int64)
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
         batch = {k: v.to(device) for k, v in collate(tok, [rows[i] for i in idx]).items() if k != "labels"}
-        logits = model(**batch).logits
+        with autocast(precision, device):
+            logits = model(**batch).logits.float()
         preds[idx] = (logits.squeeze(-1) if task.labels is None else logits.argmax(-1)).cpu().numpy()
     model.train()
     return compute_metrics(task, preds, [r["labels"] for r in rows])
@@ -113,11 +122,13 @@ def environment(device: torch.device) -> dict:
                                     cwd=root, capture_output=True, text=True, timeout=10).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
+    if commit is None and os.environ.get("HARNESS_GIT_COMMIT"):   # a copy of the tree without .git (GPU machine)
+        commit, dirty = os.environ["HARNESS_GIT_COMMIT"], os.environ.get("HARNESS_GIT_DIRTY") == "1"
     return dict(python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
                 numpy=np.__version__, device=str(device), threads=torch.get_num_threads(),
                 cpu=cpu_model(), host=platform.node(),
                 gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                git_commit=commit, git_dirty=dirty)
+                git_commit=commit, git_dirty=dirty, model_dir=os.environ.get("HARNESS_BUNDLED_MODEL_DIR"))
 
 
 def full_ft_delta_factors(model, originals: dict[str, torch.Tensor], rank: int):
@@ -131,53 +142,80 @@ def full_ft_delta_factors(model, originals: dict[str, torch.Tensor], rank: int):
 
 
 def run(cfg: dict, out_dir: str | os.PathLike = "logs/adhoc", data_dir: str | None = None,
-        hub_id: str = HUB_ID, device: str | None = None, progress: bool = True) -> dict:
-    """Train and evaluate one config; write ``<out_dir>/<run_id>.{safetensors,json}``; return the log."""
+        hub_id: str = HUB_ID, device: str | None = None, progress: bool = True, save_factors: bool = True,
+        compact_factors: bool = False) -> dict:
+    """Train and evaluate one config; write ``<out_dir>/<run_id>.{safetensors,json}``; return the log.
+
+    ``save_factors=False`` writes no factors file (learning-rate sweeps need only the metrics);
+    ``compact_factors`` stores ΔW as its fp16 thin SVD (:func:`lora.save_delta_svd`, ~4× smaller)."""
+    if get_task(cfg["task"]).family == "bi":   # sentence-embedding tasks: harness/biencoder.py
+        from .biencoder import run as run_bi
+        return run_bi(cfg, out_dir, data_dir, hub_id, device, progress, save_factors, compact_factors)
     t0 = time.time()
     task = get_task(cfg["task"])
     rid = run_id(cfg)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    precision = cfg.get("precision") or "fp32"
     splits, source = load_task_data(task, data_dir, hub_id)
-    train_ex, dev_ex = splits["train"], splits["dev"]
+    train_ex, dev_ex, val_ex, val_info = splits["train"], splits["dev"], None, None
+    if cfg.get("val_fraction"):        # protocol v2: choices are made on this split; dev is only reported
+        train_ex, val_ex, val_info = split_validation(train_ex, task, cfg["val_fraction"])
     if cfg["max_train_examples"]:
         train_ex = train_ex[:cfg["max_train_examples"]]
+    out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg["seed"])
     model, tok = load_model_and_tokenizer(cfg["model"], task.num_labels, cfg["seed"],
                                           train_texts=[t for ex in train_ex for t in ex.texts])
-    originals = {}
+    train_rows, dev_rows = encode(tok, train_ex, cfg["max_length"]), encode(tok, dev_ex, cfg["max_length"])
+    val_rows = encode(tok, val_ex, cfg["max_length"]) if val_ex is not None else None
+    originals, init_info = {}, None
     if cfg["method"] == "full":
         originals = {n: m.weight.detach().clone() for n, m in model.named_modules()
                      if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in ("query", "value")}
     else:
+        stats = None
+        if cfg["method"] in lora.DATA_INITS:   # data-aware init: statistics from training batches only
+            t_init = time.time()
+            stats = collect_init_stats(model, tok, train_rows, cfg, dev)
+            init_info = {"batches": cfg["init_batches"], "examples": min(len(train_rows), cfg["init_batches"] *
+                         cfg["batch_size"]), "seconds": round(time.time() - t_init, 3), "split": "train"}
         lora.add_lora(model, cfg["targets"], rank=cfg["rank"], alpha=cfg["alpha"], dropout=cfg["dropout"],
                       init=cfg["method"], svd_method=cfg["svd_method"], niter=cfg["niter"], seed=cfg["seed"],
-                      keep_trainable=cfg["head"])
+                      keep_trainable=cfg["head"], stats=stats, rslora=bool(cfg.get("rslora")))
     model.to(dev).train()
-    train_rows, dev_rows = encode(tok, train_ex, cfg["max_length"]), encode(tok, dev_ex, cfg["max_length"])
 
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     no_decay = lambda n: n.endswith("bias") or "LayerNorm" in n or "layer_norm" in n
     optimizer = torch.optim.AdamW([
         {"params": [p for n, p in params if not no_decay(n)], "weight_decay": cfg["weight_decay"]},
-        {"params": [p for n, p in params if no_decay(n)], "weight_decay": 0.0}], lr=cfg["lr"])
+        {"params": [p for n, p in params if no_decay(n)], "weight_decay": 0.0}], lr=cfg["lr"],
+        fused=dev.type == "cuda")       # one kernel for the whole update on a GPU; same math
     steps_per_epoch = math.ceil(len(train_rows) / cfg["batch_size"])
     total = steps_per_epoch * cfg["epochs"]
     warmup = max(1, round(cfg["warmup_ratio"] * total))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_schedule(s, warmup, total))
     when = eval_steps(steps_per_epoch, cfg["epochs"], cfg["evals_per_epoch"])
+    eval_bs = 256 if dev.type == "cuda" else 64
+
+    def evaluation(step: int) -> dict:
+        e = {"step": step, "epoch": round(step / steps_per_epoch, 4),
+             **evaluate(model, tok, dev_rows, task, dev, eval_bs, precision)}
+        if val_rows is not None:
+            e["val"] = evaluate(model, tok, val_rows, task, dev, eval_bs, precision)
+        return e
 
     history = {"train_loss": [], "evals": []}
     status, reason, step = "ok", None, 0
     gen = torch.Generator().manual_seed(cfg["seed"])
     lengths = [len(r["input_ids"]) for r in train_rows]
-    history["evals"].append({"step": 0, "epoch": 0.0, **evaluate(model, tok, dev_rows, task, dev)})
+    history["evals"].append(evaluation(0))
     bar = tqdm(total=total, desc=rid, disable=not progress, mininterval=5, dynamic_ncols=True)
     for epoch in range(cfg["epochs"]):
         for idx in train_batches(lengths, cfg["batch_size"], gen, cfg["group_by_length"]):
             batch = {k: v.to(dev) for k, v in collate(tok, [train_rows[i] for i in idx]).items()}
-            loss = model(**batch).loss
+            with autocast(precision, dev):
+                loss = model(**batch).loss
             if not torch.isfinite(loss):
                 status, reason = "failed", f"non-finite loss {loss.item()} at step {step + 1}"
                 break
@@ -189,19 +227,26 @@ def run(cfg: dict, out_dir: str | os.PathLike = "logs/adhoc", data_dir: str | No
             history["train_loss"].append(round(loss.item(), 6))
             bar.update(1)
             if step in when:
-                m = evaluate(model, tok, dev_rows, task, dev)
-                history["evals"].append({"step": step, "epoch": round(step / steps_per_epoch, 4), **m})
+                m = evaluation(step)
+                history["evals"].append(m)
                 bar.set_postfix({task.main_metric: f"{m[task.main_metric]:.3f}", "loss": f"{loss.item():.3f}"})
         if status != "ok":
             break
     bar.close()
 
     factors_file = out / f"{rid}.safetensors"
-    if status == "ok":
+    write_factors = status == "ok" and save_factors
+    if write_factors:
         if cfg["method"] == "full":
             deltas = full_ft_delta_factors(model, originals, FULL_FT_DELTA_RANK)
-            lora.save_factors(factors_file, {n: (B, A) for n, (B, A, _) in deltas.items()}, init="full",
-                              info={n: {"energy_kept": e} for n, (_, _, e) in deltas.items()})
+            factors = {n: (B, A) for n, (B, A, _) in deltas.items()}
+            info = {n: {"energy_kept": e} for n, (_, _, e) in deltas.items()}
+            if compact_factors:
+                lora.save_delta_svd(factors_file, factors, init="full", info=info)
+            else:
+                lora.save_factors(factors_file, factors, init="full", info=info)
+        elif compact_factors:
+            lora.save_delta_svd(factors_file, model.cpu())
         else:
             lora.save_lora(model.cpu(), factors_file)
     evals = history["evals"]
@@ -210,18 +255,47 @@ def run(cfg: dict, out_dir: str | os.PathLike = "logs/adhoc", data_dir: str | No
         "run_id": rid, "status": status, "reason": reason, "config": cfg, "config_hash": config_hash(cfg),
         "task": {"name": task.name, "main_metric": main, "num_labels": task.num_labels,
                  "majority_baseline": majority_baseline(task, [r["labels"] for r in dev_rows])},
-        "data": {**source, "n_train": len(train_rows), "n_dev": len(dev_rows)},
+        "data": {**source, "n_train": len(train_rows), "n_dev": len(dev_rows),
+                 **({"validation": val_info} if val_info else {})},
         "steps": step, "steps_per_epoch": steps_per_epoch,
         "history": history,
         "final": {k: v for k, v in evals[-1].items()} if evals else None,
         "best": max(evals, key=lambda e: e[main]) if evals else None,
         "params": {"trainable": sum(p.numel() for _, p in params), "total": sum(p.numel() for p in model.parameters())},
-        "factors_file": factors_file.name if status == "ok" else None,
+        "factors_file": factors_file.name if write_factors else None,
         "wall_time_s": round(time.time() - t0, 2),
         "peak_memory_bytes": (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
                               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024),
         "env": environment(dev),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if init_info:
+        log["init"] = init_info
     write_json_atomic(out / f"{rid}.json", log)
     return log
+
+
+def init_batches(rows: list[dict], tok, cfg: dict, device: torch.device):
+    """The first ``cfg["init_batches"]`` batches of a seeded shuffle of the *training* rows (never
+    validation or dev), for the data-aware inits; its own generator, so training's order is unchanged."""
+    gen = torch.Generator().manual_seed(10_000 + cfg["seed"])
+    order = torch.randperm(len(rows), generator=gen).tolist()
+    bs = cfg["batch_size"]
+    for b in range(min(cfg["init_batches"], math.ceil(len(rows) / bs))):
+        yield {k: v.to(device) for k, v in collate(tok, [rows[i] for i in order[b * bs:(b + 1) * bs]]).items()}
+
+
+def collect_init_stats(model, tok, rows, cfg: dict, device: torch.device) -> dict:
+    """Per-layer statistics a data-aware init needs (:data:`lora.DATA_INITS`), gathered on ``device``
+    from training batches, returned on the CPU (where :func:`lora.add_lora` builds the factors)."""
+    model.to(device)
+    stats = lora.collect_layer_stats(model, cfg["targets"], init_batches(rows, tok, cfg, device),
+                                     needs=lora.DATA_INITS[cfg["method"]])
+    model.cpu()
+    return {n: _to_cpu(st) for n, st in stats.items()}
+
+
+def _to_cpu(obj):
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.replace(obj, **{f.name: _to_cpu(getattr(obj, f.name)) for f in dataclasses.fields(obj)})
+    return obj.cpu() if torch.is_tensor(obj) else obj

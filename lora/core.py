@@ -18,10 +18,28 @@ Init methods (``INIT_METHODS``), with W = U S Vᵀ the SVD of the pretrained wei
                    ‖W − W_res‖_F = ‖S_r‖ (Eckart–Young) and W_res's singular values are W's tail.
 * ``svd_naive``    the same B, A but W is left as it is, so the model starts at W + U_r S_r V_rᵀ:
                    the top-r singular values of every adapted layer are doubled before any
-                   training.  Kept on purpose as an ablation of the original notebooks.
+                   training.  An ablation: "svd without the residual" (it is *not* the seed project's init).
+* ``svd_seed``     the seed project's (svd-lorafa) init as its code does it: A frozen = (U_r S_r)ᵀ, B trained
+                   = the first r columns of Vᵀ, no residual, square W only (see :func:`svd_seed_factors`).
 * ``lora_fa``      A frozen with orthonormal rows (QR of a Gaussian), B = 0; only B trains
                    (LoRA-FA, Zhang et al. 2023).  ΔW's row space is fixed to span(Aᵀ).
 * ``lora_fa_svd``  A frozen = V_rᵀ (W's top-r right singular vectors), B = 0; only B trains.
+
+More families live in :mod:`lora.inits` (``EXTRA_INITS``; all in ``ALL_INITS``), each with its math there:
+
+* ``svd_minor``    MiLoRA: W's *bottom*-r singular triplets split like ``svd``, with the residual.
+* ``olora``        OLoRA (PEFT's): W = QR, B = Q[:, :r], A = R[:r] (s not folded in), with the residual.
+* ``eva``          A = top-r principal directions of the layer's inputs, B = 0 (no rank redistribution).
+* ``corda``        CorDA-IPM (PEFT's): SVD of W·C (C the damped input covariance), Vᵀ ← Vᵀ C⁻¹, with the residual.
+* ``lora_ga``      LoRA-GA (PEFT's defaults): from the SVD of the mean gradient G, with the residual.
+* ``lora_fa_grad`` A frozen = G's top-r right singular vectors, B = 0; only B trains.
+* ``lora_fa_eva``  A frozen = the top-r principal input directions, B = 0; only B trains.
+
+Residual inits (``RESIDUAL_INITS``: ``svd``, ``svd_minor``, ``olora``, ``corda``, ``lora_ga``) leave the
+frozen base at W − s·B₀A₀, so the model is unchanged at step 0 and ΔW relative to W is s·BA − s·B₀A₀.
+The data-aware ones (``DATA_INITS``) read per-layer statistics:
+``add_lora(..., stats=lora.collect_layer_stats(model, targets, batches, needs=...))``.
+``add_lora(..., rslora=True)`` uses s = alpha/√r (rsLoRA, Kalajdzievski 2023) instead of alpha/r.
 
 The truncated SVD is ``full`` (``torch.linalg.svd``) or ``randomized`` (``torch.svd_lowrank``
 with ``niter`` power iterations, oversampled by 10, reproducible for a given seed).
@@ -30,15 +48,22 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-INIT_METHODS = ("random", "svd", "svd_naive", "lora_fa", "lora_fa_svd")
+from . import inits as _inits
+from .inits import LayerStats
+
+INIT_METHODS = ("random", "svd", "svd_naive", "lora_fa", "lora_fa_svd")   # round 1's: weight-only, any shape
 SVD_METHODS = ("full", "randomized")
 FROZEN_A_METHODS = ("lora_fa", "lora_fa_svd")
+EXTRA_INITS = ("svd_seed", *_inits.FAMILIES)               # svd_seed (square W only) + lora/inits.py's families
+ALL_INITS = INIT_METHODS + EXTRA_INITS
+FROZEN_A_INITS = FROZEN_A_METHODS + ("svd_seed",) + tuple(n for n, f in _inits.FAMILIES.items() if f.freeze_A)
+RESIDUAL_INITS = ("svd",) + tuple(n for n, f in _inits.FAMILIES.items() if f.residual)
 
 
 def truncated_svd(W: torch.Tensor, rank: int, method: str = "full", niter: int = 4,
@@ -59,35 +84,69 @@ def truncated_svd(W: torch.Tensor, rank: int, method: str = "full", niter: int =
     return U[:, :rank].to(dtype), S[:rank].to(dtype), V[:, :rank].to(dtype)
 
 
+def svd_seed_factors(W: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seed project's "svd" init (svd-lorafa, ``lora/model.py``), reproduced as it is, quirks included.
+
+    With ``U, S, Vh = torch.linalg.svd(W)`` (torch returns Vᵀ, here Vh), that code sets
+
+        A = (U[:, :r] · diag(S[:r]))ᵀ      (r×out)  frozen (a LoRA-FA layer)
+        B = Vh[:, :r]                      (in×r)   trained
+
+    i.e. B holds the first r *columns* of Vᵀ (entries V[j, i] for i < r: the first r coordinates of every
+    right singular vector), not the top-r right singular vectors V[:, :r] it was presumably meant to be.
+    The shapes only fit a square W (out = in), and nothing is subtracted from W, so the model starts at
+    W + s·B·A ≠ W: every adapted layer is changed before the first step.  The seed used alpha = 1
+    (s = 1/r); pass ``alpha=1`` to reproduce that (the study's specs do).  Returns (B, A) in W's dtype.
+    """
+    out_f, in_f = W.shape
+    if out_f != in_f:
+        raise ValueError(f"svd_seed needs a square weight (the seed project's construction), got {out_f}×{in_f}; "
+                         f"valid: out_features == in_features")
+    U, S, Vh = torch.linalg.svd(W.detach().to(torch.float64))
+    A = (U[:, :rank] * S[:rank]).mT
+    B = Vh[:, :rank]
+    return B.to(W.dtype), A.to(W.dtype)
+
+
 class LoRALinear(nn.Module):
     """A frozen ``nn.Linear`` plus a rank-r adapter: ``y = base(x) + s·dropout(x) Aᵀ Bᵀ``.
 
     Parameters ``lora_A`` (r×in) and ``lora_B`` (out×r); buffers ``lora_A0``/``lora_B0`` keep the
     init factors, so that ΔW relative to the *original* pretrained W is always recoverable:
-    for ``svd`` (whose base holds W − s·B₀A₀) it is s·BA − s·B₀A₀, otherwise s·BA.
+    for residual inits (``RESIDUAL_INITS``, whose base holds W − s·B₀A₀) it is s·BA − s·B₀A₀, otherwise s·BA.
     """
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0,
                  init: str = "random", svd_method: str = "full", niter: int = 4,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, *, stats: LayerStats | None = None,
+                 rslora: bool = False):
         super().__init__()
         out_f, in_f = base.weight.shape
         self.base = base
-        self.rank, self.alpha, self.init = rank, float(alpha), init
-        self.scaling = self.alpha / rank
-        self.freeze_A = init in FROZEN_A_METHODS
-        self.residual = init == "svd"      # base weight holds W − s·B₀A₀
+        self.rank, self.alpha, self.init, self.rslora = rank, float(alpha), init, bool(rslora)
+        self.scaling = self.alpha / (math.sqrt(rank) if rslora else rank)
+        self.freeze_A = init in FROZEN_A_INITS
+        self.residual = init in RESIDUAL_INITS      # base weight holds W − s·B₀A₀
         self.merged = False
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         w = base.weight
         A = torch.zeros(rank, in_f, dtype=w.dtype, device=w.device)
         B = torch.zeros(out_f, rank, dtype=w.dtype, device=w.device)
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else None
-        if init == "random":
+        if init in _inits.FAMILIES:        # lora/inits.py: float64 factors, cast here
+            stats = _inits.check_layer_stats(init, "(this layer)", stats, (out_f, in_f))
+            B0, A0 = _inits.init_factors(init, w, rank, self.scaling, stats)
+            B.copy_(B0)
+            A.copy_(A0)
+        elif init == "random":
             nn.init.kaiming_uniform_(A, a=math.sqrt(5), generator=generator)
         elif init == "lora_fa":
             G = torch.randn(in_f, rank, generator=generator, dtype=torch.float64).to(w.device)
             A.copy_(torch.linalg.qr(G).Q.mT)
+        elif init == "svd_seed":
+            B0, A0 = svd_seed_factors(w, rank)
+            B.copy_(B0)
+            A.copy_(A0)
         else:  # the three SVD-based inits
             U, S, V = truncated_svd(w, rank, svd_method, niter, seed)
             if init == "lora_fa_svd":
@@ -123,7 +182,7 @@ class LoRALinear(nn.Module):
     def delta_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(B_eff, A_eff) with B_eff @ A_eff = ΔW relative to the original pretrained W.
 
-        s·BA for every init except ``svd``, where it is s·BA − s·B₀A₀ = s·[B, −B₀]·[A; A₀]
+        s·BA, except for residual inits (``RESIDUAL_INITS``) where it is s·BA − s·B₀A₀ = s·[B, −B₀]·[A; A₀]
         (rank ≤ 2r).  The scaling s is folded into B_eff.
         """
         B, A = self.lora_B.detach(), self.lora_A.detach()
@@ -154,7 +213,8 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
 def add_lora(model: nn.Module, targets: str | Sequence[str] = ("query", "value"), rank: int = 8,
              alpha: float = 16.0, dropout: float = 0.0, init: str = "random",
              svd_method: str = "full", niter: int = 4, seed: int | None = None,
-             keep_trainable: Iterable[str] = ()) -> nn.Module:
+             keep_trainable: Iterable[str] = (), stats: Mapping[str, LayerStats] | None = None,
+             rslora: bool = False) -> nn.Module:
     """Replace the chosen ``nn.Linear`` layers of ``model`` by :class:`LoRALinear`, in place.
 
     ``targets``: a list of names (a module matches when its name equals one or ends with
@@ -162,10 +222,12 @@ def add_lora(model: nn.Module, targets: str | Sequence[str] = ("query", "value")
     module name.  Everything is then frozen except the adapters (and A stays frozen for the
     LoRA-FA inits) and parameters whose name starts with or contains a module in
     ``keep_trainable`` (e.g. ``["classifier"]``).  ``seed`` makes the init reproducible.
+    ``stats``: per-layer :class:`LayerStats` from :func:`lora.collect_layer_stats` (same ``targets``),
+    required by the ``DATA_INITS``.  ``rslora``: s = alpha/√r instead of alpha/r.
     Returns the model.
     """
-    if init not in INIT_METHODS:
-        raise ValueError(f"unknown init {init!r}; valid: {', '.join(INIT_METHODS)}")
+    if init not in ALL_INITS:
+        raise ValueError(f"unknown init {init!r}; valid: {', '.join(ALL_INITS)}")
     if svd_method not in SVD_METHODS:
         raise ValueError(f"unknown svd method {svd_method!r}; valid: {', '.join(SVD_METHODS)}")
     if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
@@ -192,11 +254,17 @@ def add_lora(model: nn.Module, targets: str | Sequence[str] = ("query", "value")
         if rank > min(lin.in_features, lin.out_features):
             raise ValueError(f"rank {rank} is too large for {name!r} ({lin.out_features}×"
                              f"{lin.in_features}); valid: 1..{min(lin.in_features, lin.out_features)}")
+        if init == "lora_ga" and 2 * rank > min(lin.in_features, lin.out_features):
+            raise ValueError(f"rank {rank} is too large for init 'lora_ga' on {name!r} ({lin.out_features}×"
+                             f"{lin.in_features}, needs 2·rank ≤ {min(lin.in_features, lin.out_features)}); "
+                             f"valid: 1..{min(lin.in_features, lin.out_features) // 2}")
+    layer_stats = {name: _inits.check_layer_stats(init, name, stats, tuple(lin.weight.shape)) for name, lin in chosen}
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     for name, lin in chosen:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, LoRALinear(lin, rank, alpha, dropout, init, svd_method, niter, generator))
+        setattr(parent, child, LoRALinear(lin, rank, alpha, dropout, init, svd_method, niter, generator,
+                                          stats=layer_stats[name], rslora=rslora))
     mark_only_lora_as_trainable(model, keep_trainable)
     return model
 
@@ -243,16 +311,16 @@ def lora_state_dict(model: nn.Module, keep_trainable: Iterable[str] = ()) -> dic
 
 
 def lora_config(model: nn.Module) -> dict[str, dict]:
-    """Per-layer adapter settings: rank, alpha, scaling, init, residual, freeze_A."""
+    """Per-layer adapter settings: rank, alpha, scaling, init, residual, freeze_A, rslora."""
     return {n: dict(rank=m.rank, alpha=m.alpha, scaling=m.scaling, init=m.init,
-                    residual=m.residual, freeze_A=m.freeze_A) for n, m in lora_layers(model).items()}
+                    residual=m.residual, freeze_A=m.freeze_A, rslora=m.rslora) for n, m in lora_layers(model).items()}
 
 
 @torch.no_grad()
 def load_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     """Load :func:`lora_state_dict` output into a model adapted with the same targets and init.
 
-    For ``svd`` the base holds W − s·B₀A₀; if the stored B₀A₀ differ from this model's (e.g. a
+    For residual inits the base holds W − s·B₀A₀; if the stored B₀A₀ differ from this model's (e.g. a
     different randomized-SVD seed) the base is re-based onto the stored ones first.
     """
     if any(m.merged for m in lora_layers(model).values()):

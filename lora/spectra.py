@@ -250,3 +250,128 @@ def row_space_fixed_fraction(A_frozen, B, A) -> float:
         return 1.0
     Q = _orth(_t(A_frozen).T)
     return float(torch.linalg.matrix_norm(B @ (A @ Q)) ** 2 / tot)
+
+
+def lowrank_distance(B1, A1, B2, A2) -> float:
+    """||B1 A1 - B2 A2||_F from the factors, without forming either product:
+    B1 A1 - B2 A2 = [B1, -B2] [A1; A2] (rank <= k1 + k2), whose singular values come
+    from :func:`lowrank_svd`'s small core (no cancellation of two large norms)."""
+    B1, A1, B2, A2 = _t(B1), _t(A1), _t(B2), _t(A2)
+    return frobenius_norm(singular_values(torch.cat([B1, -B2], 1), torch.cat([A1, A2], 0)))
+
+
+# ------------------------------------------------ phi grids between two runs
+def singular_directions(B, A, of: str = "A", side: str = "right", drop_null: bool = True) -> torch.Tensor:
+    """Orthonormal directions of one adapter, as columns ordered by descending singular value.
+
+    * ``of="A"``:  the right singular vectors of A (k x in), i.e. an ordered basis of A's row
+      space in R^in (``B`` is ignored and may be None).  This is what Hu et al. (2021, sec. 7.2)
+      compare between an r=8 and an r=64 run ("right-singular unitary matrix of A").
+    * ``of="dW"``: the singular vectors of dW = B @ A (via :func:`lowrank_svd`): ``side="right"``
+      gives V (in x m, input space), ``side="left"`` gives U (out x m, output space).
+
+    ``drop_null`` keeps only the numerical_rank(S) directions with S_i > 0: the others are an
+    arbitrary orthonormal completion (e.g. every direction of dW when B = 0 at init).
+    """
+    if of == "A":
+        _, S, Vh = torch.linalg.svd(_t(A), full_matrices=False)
+        X = Vh.T
+    elif of == "dW":
+        if side not in ("left", "right"):
+            raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+        U, S, V = lowrank_svd(B, A)
+        X = U if side == "left" else V
+    else:
+        raise ValueError(f"of must be 'A' or 'dW', got {of!r}")
+    return X[:, :numerical_rank(S)] if drop_null else X
+
+
+def normalized_subspace_similarity(run1, run2, of: str = "A", side: str = "right",
+                                   i_max: int | None = None, j_max: int | None = None) -> torch.Tensor:
+    """phi(i, j) grid (Hu et al. 2021 eq. 4) between two runs' adapters of the same layer.
+
+    ``run1``, ``run2`` are factor pairs (B, A) (scaling folded into B or not: phi only
+    depends on directions).  With X1, X2 = :func:`singular_directions` of each run,
+
+        G[i-1, j-1] = phi(i, j) = ||X1[:, :i]^T X2[:, :j]||_F^2 / min(i, j),   1 <= i <= i_max, 1 <= j <= j_max.
+
+    E.g. an r=8 and an r=64 run with ``of="A"`` give the (8 x 64) grid of the LoRA paper's
+    Fig. 3.  i_max / j_max default to (and are clamped at) the number of nonzero directions of
+    each run, so a run with dW = 0 gives an empty grid.  Compare against
+    :func:`similarity_grid_baseline` (two random subspaces).
+    """
+    X1 = singular_directions(*run1, of=of, side=side)
+    X2 = singular_directions(*run2, of=of, side=side)
+    if X1.shape[0] != X2.shape[0]:
+        raise ValueError(f"the two runs' directions live in different spaces: R^{X1.shape[0]} vs R^{X2.shape[0]}")
+    i_max = X1.shape[1] if i_max is None else min(i_max, X1.shape[1])
+    j_max = X2.shape[1] if j_max is None else min(j_max, X2.shape[1])
+    return similarity_grid(X1[:, :i_max], X2[:, :j_max])
+
+
+def similarity_grid_baseline(n: int, i_max: int, j_max: int) -> torch.Tensor:
+    """(i_max x j_max) grid of E[phi(i, j)] = max(i, j) / n for independent uniformly random
+    subspaces of R^n (see :func:`random_subspace_similarity_baseline`)."""
+    i = torch.arange(1, i_max + 1, dtype=_F64)[:, None]
+    j = torch.arange(1, j_max + 1, dtype=_F64)[None, :]
+    return torch.maximum(i, j) / n
+
+
+# --------------------------------------------------------- intruder dimensions
+INTRUDER_EPS = (0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def intruder_dimensions(W, W_ft, k: int = 10, eps=INTRUDER_EPS, side: str = "left", basis0=None) -> dict:
+    """Intruder dimensions (Shuttleworth et al. 2024, "LoRA vs Full Fine-tuning: An Illusion
+    of Equivalence", arXiv 2410.21228).
+
+    With W = X S Y^T (pretrained, out x in) and W_ft = W + dW = X' S' Y'^T (fine-tuned), both
+    thin SVDs, the j-th singular vector of W_ft is an intruder at threshold eps iff
+
+        max_i |cos(x'_j, x_i)| = max_i |<x'_j, x_i>| < eps,
+
+    where i runs over ALL min(out, in) singular vectors of W (not only its top ones), and only
+    the top-k singular vectors of W_ft (k = 10 in the paper) are examined.  As in the paper's
+    code we use the LEFT singular vectors (columns of U, the output space) by default, with
+    the absolute cosine (singular vectors are defined up to sign); ``side="right"`` uses the
+    right singular vectors instead.  Because the x_i form an orthonormal basis of range(W)
+    (all of R^out when W has full row rank), a direction is an intruder only when it is spread
+    over many of W's singular vectors rather than close to any single one: a rotation among
+    W's own singular vectors by angle theta has max-cos max(|cos theta|, |sin theta|) >= 0.71.
+
+    Returns a dict: ``k``, ``eps`` (list), ``counts`` (list of int, one per eps, strict ``<``),
+    ``max_cos`` (float64 tensor (k,): max_i |<x'_j, x_i>| for j < k, to draw a count-vs-eps
+    curve at any eps), ``sv_ft`` (W_ft's top-k singular values).  ``basis0`` may pass W's
+    left (or right) singular vectors if the caller already has them (several checkpoints).
+    """
+    W, W_ft = _t(W), _t(W_ft)
+    if W.shape != W_ft.shape or W.ndim != 2:
+        raise ValueError(f"W and W_ft must be matrices of the same shape, got {tuple(W.shape)} and {tuple(W_ft.shape)}")
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+    m = min(W.shape)
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= m:
+        raise ValueError(f"k must be an integer in 1..{m}, got {k!r}")
+    eps = [float(e) for e in (eps if isinstance(eps, (list, tuple)) else [eps])]
+    bad = [e for e in eps if not 0.0 < e <= 1.0]
+    if bad:
+        raise ValueError(f"eps must lie in (0, 1], got {bad}")
+    if basis0 is None:
+        U0, _, Vh0 = torch.linalg.svd(W, full_matrices=False)
+        basis0 = U0 if side == "left" else Vh0.T
+    else:
+        basis0 = _t(basis0)
+    U1, S1, Vh1 = torch.linalg.svd(W_ft, full_matrices=False)
+    top = (U1 if side == "left" else Vh1.T)[:, :k]
+    max_cos = (top.T @ basis0).abs().amax(dim=1).clamp(max=1.0)
+    return dict(k=k, eps=eps, counts=[int((max_cos < e).sum()) for e in eps], max_cos=max_cos, sv_ft=S1[:k])
+
+
+def intruder_dimensions_lowrank(W, B, A, k: int = 10, eps=INTRUDER_EPS, side: str = "left",
+                                basis0=None) -> dict:
+    """:func:`intruder_dimensions` of W_ft = W + B @ A, from the adapter's factors (e.g. a layer's
+    ``delta_factors()``, scaling folded into B) so that no dense dW has to be stored."""
+    W, B, A = _t(W), _t(B), _t(A)
+    if B.shape[0] != W.shape[0] or A.shape[1] != W.shape[1] or B.shape[1] != A.shape[0]:
+        raise ValueError(f"factors B {tuple(B.shape)}, A {tuple(A.shape)} do not fit W {tuple(W.shape)}")
+    return intruder_dimensions(W, W + B @ A, k=k, eps=eps, side=side, basis0=basis0)

@@ -29,16 +29,17 @@ NOTEBOOKS = {
         "notebook with papermill, one copy per run; you can also run it by hand.",
         '# Parameters (papermill overrides these)\n'
         'task = "mrpc"          # mrpc, rte, cola, ...\n'
-        'method = "random"      # full, random, svd, svd_naive, lora_fa, lora_fa_svd\n'
-        'preset = "quick"       # smoke, quick, paper\n'
+        'method = "random"      # full, random, svd, svd_seed, lora_fa, ... (harness.config.METHODS)\n'
+        'preset = "quick"       # smoke, quick, v2, paper\n'
         'seed = 0\n'
         'overrides = {}         # any config field, e.g. {"lr": 1e-3, "epochs": 2}\n'
         'data_dir = None        # classic GLUE dir; None: $GLUE_DIR, else the hub\n'
         'out_dir = "logs/adhoc"\n'
-        'device = None          # None: cuda if available',
+        'device = None          # None: cuda if available\n'
+        'run_options = {}       # e.g. {"save_factors": False} for a learning-rate sweep',
         "from harness.config import make_config\nfrom harness.train import run\nfrom harness.report import show_run\n\n"
         "cfg = make_config(task, method, preset, seed=seed, **overrides)\n"
-        "log = run(cfg, out_dir, data_dir, device=device)",
+        "log = run(cfg, out_dir, data_dir, device=device, **run_options)",
         "show_run(log)",
     ),
     "spectra.ipynb": notebook(

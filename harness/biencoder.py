@@ -1,0 +1,385 @@
+"""Bi-encoder (sentence-embedding) tasks: ``bi-mrpc`` and ``bi-stsb``.
+
+Each sentence is encoded on its own, as sentence-transformers does for all-MiniLM-L6-v2:
+
+    h = transformer(x)                          (n, T, d)   last hidden states
+    e = Σ_t m_t h_t / max(Σ_t m_t, 1e-9)        (n, d)      mean over real tokens (attention mask m)
+    u = e / max(‖e‖₂, 1e-12)                    (n, d)      L2 normalisation, so cos(u, v) = u·v
+
+The forward is our Hugging Face model + this pooling (not a ``SentenceTransformer``), so the
+``lora`` adapters (query/value of the transformer) apply and nothing here needs sentence-transformers;
+``tests/test_biencoder.py`` checks the pooling and the loss against it.
+
+Loss, both tasks: cosine-similarity MSE (sentence-transformers' ``CosineSimilarityLoss``),
+``L = mean_i (u_i·v_i − y_i)²`` with y = label / label_scale (MRPC: 1/0; STS-B: score/5 ∈ [0, 1]).
+Why: STS-B's graded score is a cosine target as it stands (the SBERT STS-B recipe).  For MRPC the
+labelled non-paraphrases are hard negatives (high word overlap) and the main metric, ROC-AUC of the
+cosine, is exactly "rank paraphrases above them"; in-batch-negatives MultipleNegativesRankingLoss
+would use only the positives against easy random negatives and drop those labels.  A target of 0
+for related sentences is blunt, but AUC only depends on the order of the scores.
+
+Metrics (main first): bi-mrpc: ROC-AUC of the cosine on dev (sklearn), then retrieval: for each
+paraphrase pair (label 1) the query sentence1 looks for sentence2 among ALL distinct dev sentences
+(itself excluded): recall@1, recall@10, MRR@10, through an HNSW index (``hnswlib``), and the same by
+exact search (``exact_*``) with the mean top-10 overlap of the two (``ann_overlap@10``).  Without
+hnswlib the index is exact search (``task.retrieval_index = "exact"``, the two sets coincide).
+bi-stsb: Spearman and Pearson of the cosine against the score (scipy).
+"""
+from __future__ import annotations
+
+import math
+import os
+import resource
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import roc_auc_score
+from torch import nn
+from tqdm import tqdm
+
+import lora
+
+from .config import config_hash, run_id
+from .data import HUB_ID, load_task_data, split_validation
+from .logs import write_json_atomic
+from .models import load_model_and_tokenizer
+from .tasks import BI_TASKS, TASKS, BiTask, UserError, get_task
+from .train import (FULL_FT_DELTA_RANK, _to_cpu, autocast, environment, eval_steps, full_ft_delta_factors,
+                    linear_schedule, seed_everything, train_batches)
+
+RETRIEVAL_K = 10
+HNSW = dict(M=16, ef_construction=200, ef=100)
+PRECISIONS = ("fp32", "bf16")
+
+
+# ---------------------------------------------------------------------------------------- model
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(n, T, d), (n, T) → (n, d): the mean of the token states the attention mask keeps."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
+
+
+class SentenceEncoder(nn.Module):
+    """transformer → mean pooling → L2 normalisation.  The transformer is registered under its
+    ``base_model_prefix`` ("bert", "roberta"), so layer names, and hence adapter and factor names
+    (``bert.encoder.layer.0.attention.self.query``), are those of the cross-encoder runs."""
+
+    def __init__(self, transformer: nn.Module):
+        super().__init__()
+        self.prefix = transformer.base_model_prefix
+        self.add_module(self.prefix, transformer)
+
+    def forward(self, input_ids, attention_mask, **kw) -> torch.Tensor:
+        hidden = getattr(self, self.prefix)(input_ids=input_ids, attention_mask=attention_mask, **kw).last_hidden_state
+        return F.normalize(mean_pool(hidden.float(), attention_mask), p=2, dim=-1)
+
+
+def load_encoder(model_id: str, seed: int, train_texts=None):
+    """(SentenceEncoder, tokenizer): the model loader's transformer without its head or pooler."""
+    clf, tok = load_model_and_tokenizer(model_id, 1, seed, train_texts=train_texts)
+    body = clf.base_model
+    if getattr(body, "pooler", None) is not None:
+        body.pooler = None            # the [CLS] pooler is unused by mean pooling: not trained, not counted
+    return SentenceEncoder(body), tok
+
+
+def cosine_mse(u: torch.Tensor, v: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """mean_i (cos(u_i, v_i) − t_i)²; equals sentence-transformers' CosineSimilarityLoss."""
+    return F.mse_loss(F.cosine_similarity(u, v, dim=-1), target.float())
+
+
+# ----------------------------------------------------------------------------------------- data
+def check_labels(bt: BiTask, examples, where) -> None:
+    """A label outside ``bt.label_range`` → UserError; ``where(i)`` names example i's file and line."""
+    lo, hi = bt.label_range
+    for i, ex in enumerate(examples):
+        if not lo <= ex.label <= hi:                      # NaN fails too
+            raise UserError(f"{where(i)}: label {ex.label!r} outside [{lo:g}, {hi:g}] for task {bt.name}")
+
+
+def _where(source: dict, base, split: str):
+    if source.get("kind") == "local":
+        path = Path(source["dir"]) / base.dir / ("train.tsv" if split == "train" else base.dev_file)
+        return lambda i: f"{path} line {i + 1 + base.has_header}"
+    return lambda i: f"{source.get('id', 'hub')} config {base.hub_config} split {split} row {i}"
+
+
+class EvalSet(NamedTuple):
+    rows: list          # tokenised distinct sentences
+    a: np.ndarray       # pair i = (sentences[a[i]], sentences[b[i]])
+    b: np.ndarray
+    labels: np.ndarray
+    queries: np.ndarray  # retrieval: sentence ids of the label-1 pairs' sentence1 (≠ sentence2)
+    targets: np.ndarray
+
+
+def tokenize(tok, texts, max_length: int) -> list[dict]:
+    enc = tok(list(texts), truncation=True, max_length=max_length)
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    return [{k: enc[k][i] for k in keys} for i in range(len(texts))]
+
+
+def make_evalset(tok, examples, max_length: int) -> EvalSet:
+    ids: dict[str, int] = {}
+    for ex in examples:
+        for t in ex.texts:
+            ids.setdefault(t, len(ids))
+    a = np.array([ids[ex.texts[0]] for ex in examples])
+    b = np.array([ids[ex.texts[1]] for ex in examples])
+    labels = np.array([ex.label for ex in examples], dtype=np.float64)
+    q = (labels == 1) & (a != b)
+    return EvalSet(tokenize(tok, list(ids), max_length), a, b, labels, a[q], b[q])
+
+
+# -------------------------------------------------------------------------------------- metrics
+def pair_metrics(bt: BiTask, scores, labels) -> dict[str, float]:
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=np.float64)
+    if bt.retrieval:       # binary labels: ROC-AUC (NaN when the set has one class only)
+        return {"roc_auc": float(roc_auc_score(y, s)) if len(set(y)) == 2 else math.nan}
+    return {"spearman": float(spearmanr(s, y).statistic), "pearson": float(pearsonr(s, y).statistic)}
+
+
+def exact_search(E: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """(nq, k) ids of the k rows of E with the highest cosine to each query row, the query excluded."""
+    S = E[queries] @ E.T
+    S[np.arange(len(queries)), queries] = -np.inf
+    return np.argsort(-S, axis=1, kind="stable")[:, :k]
+
+
+def hnsw_search(E: np.ndarray, queries: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """As :func:`exact_search`, through an HNSW graph (hnswlib, inner product on unit vectors)."""
+    import hnswlib
+    index = hnswlib.Index(space="ip", dim=E.shape[1])
+    index.init_index(max_elements=len(E), ef_construction=HNSW["ef_construction"], M=HNSW["M"], random_seed=seed)
+    index.add_items(E, np.arange(len(E)), num_threads=1)
+    index.set_ef(max(HNSW["ef"], k + 1))
+    found, _ = index.knn_query(E[queries], k=k + 1, num_threads=1)
+    return np.array([[j for j in row if j != q][:k] for row, q in zip(found, queries)])
+
+
+def hnsw_available() -> bool:
+    try:
+        import hnswlib  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def rank_metrics(top: np.ndarray, targets: np.ndarray, k: int, prefix: str = "") -> dict[str, float]:
+    """recall@1, recall@k and MRR@k of ``targets`` in the ranked lists ``top`` (nq, ≤ k)."""
+    hit = top == targets[:, None]
+    rank = np.where(hit.any(1), hit.argmax(1) + 1, np.inf)
+    return {f"{prefix}recall@1": float(np.mean(rank <= 1)), f"{prefix}recall@{k}": float(np.mean(rank <= k)),
+            f"{prefix}mrr@{k}": float(np.mean(1.0 / rank))}
+
+
+def retrieval_metrics(E: np.ndarray, queries, targets, index: str, k: int = RETRIEVAL_K) -> dict[str, float]:
+    """Retrieval of each query's target among all rows of E (query excluded): ANN and exact, and their
+    mean top-k overlap.  Named @k even where E has fewer than k + 1 rows (the lists are then shorter)."""
+    queries, targets = np.asarray(queries, dtype=np.int64), np.asarray(targets, dtype=np.int64)
+    if len(queries) == 0:      # no paraphrase pair (e.g. a tiny split): undefined
+        names = [f"{p}{m}" for p in ("", "exact_") for m in ("recall@1", f"recall@{k}", f"mrr@{k}")]
+        return dict.fromkeys([*names, f"ann_overlap@{k}"], math.nan)
+    kk = min(k, len(E) - 1)
+    exact = exact_search(E, queries, kk)
+    ann = hnsw_search(E, queries, kk) if index == "hnsw" else exact
+    overlap = np.mean([len(set(x) & set(y)) / kk for x, y in zip(ann, exact)])
+    return {**rank_metrics(ann, targets, k), **rank_metrics(exact, targets, k, "exact_"),
+            f"ann_overlap@{k}": float(overlap)}
+
+
+# ---------------------------------------------------------------------------------------- loops
+@torch.no_grad()
+def embed(model, tok, rows, device, precision: str = "fp32", batch_size: int = 64) -> np.ndarray:
+    """(n, d) float32 unit embeddings of tokenised sentences (batched by length)."""
+    model.eval()
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+    out = None
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        batch = {k: v.to(device) for k, v in tok.pad([rows[i] for i in idx], return_tensors="pt").items()}
+        with autocast(precision, device):
+            e = model(**batch).float().cpu().numpy()
+        out = np.empty((len(rows), e.shape[1]), dtype=np.float32) if out is None else out
+        out[idx] = e
+    model.train()
+    return out
+
+
+def evaluate(model, tok, es: EvalSet, bt: BiTask, device, precision: str, index: str, batch_size: int = 64):
+    """(metrics, embeddings of the distinct sentences)."""
+    E = embed(model, tok, es.rows, device, precision, batch_size)
+    m = pair_metrics(bt, np.sum(E[es.a] * E[es.b], axis=1), es.labels)
+    if bt.retrieval:
+        m |= retrieval_metrics(E, es.queries, es.targets, index)
+    return m, E
+
+
+def write_factors(model, cfg: dict, originals: dict, path: Path, compact: bool) -> None:
+    """As :func:`harness.train.run`: the adapters, or the top SVD factors of a full fine-tuning ΔW."""
+    if cfg["method"] == "full":
+        deltas = full_ft_delta_factors(model, originals, FULL_FT_DELTA_RANK)
+        factors = {n: (B, A) for n, (B, A, _) in deltas.items()}
+        info = {n: {"energy_kept": e} for n, (_, _, e) in deltas.items()}
+        (lora.save_delta_svd if compact else lora.save_factors)(path, factors, init="full", info=info)
+    elif compact:
+        lora.save_delta_svd(path, model.cpu())
+    else:
+        lora.save_lora(model.cpu(), path)
+
+
+def run(cfg: dict, out_dir: str | os.PathLike = "logs/adhoc", data_dir: str | None = None,
+        hub_id: str = HUB_ID, device: str | None = None, progress: bool = True, save_factors: bool = True,
+        compact_factors: bool = False) -> dict:
+    """Train and evaluate one bi-encoder config; write ``<out_dir>/<run_id>.{safetensors,json}``; return the log.
+
+    As :func:`harness.train.run` (AdamW, linear warmup/decay, evals from step 0, the same validation
+    split, precision and data-aware init batches).  No head: ``cfg["head"]`` does not apply; LoRA trains
+    only the adapters, ``full`` the whole transformer.
+    """
+    t0 = time.time()
+    bt = get_task(cfg["task"])
+    if not isinstance(bt, BiTask):
+        raise UserError(f"task {cfg['task']!r} is not a bi-encoder task; valid: {', '.join(BI_TASKS)}")
+    precision = cfg.get("precision") or "fp32"
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    base = TASKS[bt.pair_task]
+    rid, out = run_id(cfg), Path(out_dir)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    splits, source = load_task_data(base, data_dir, hub_id)
+    for split, exs in splits.items():
+        check_labels(bt, exs, _where(source, base, split))
+    train_ex, dev_ex, val_ex, val_info = splits["train"], splits["dev"], None, None
+    if cfg.get("val_fraction"):    # carved from the full train split before max_train_examples applies
+        train_ex, val_ex, val_info = split_validation(train_ex, base, cfg["val_fraction"])
+    if cfg["max_train_examples"]:
+        train_ex = train_ex[:cfg["max_train_examples"]]
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg["seed"])
+    model, tok = load_encoder(cfg["model"], cfg["seed"], train_texts=[t for ex in train_ex for t in ex.texts])
+    L, bs = cfg["max_length"], cfg["batch_size"]
+    ra, rb = tokenize(tok, [ex.texts[0] for ex in train_ex], L), tokenize(tok, [ex.texts[1] for ex in train_ex], L)
+    targets = torch.tensor([ex.label / bt.label_scale for ex in train_ex], dtype=torch.float32)
+    dev_set = make_evalset(tok, dev_ex, L)
+    val_set = make_evalset(tok, val_ex, L) if val_ex else None
+    index = "hnsw" if hnsw_available() else "exact"
+
+    def pairs(idx, labels: bool = True) -> dict:
+        """Both sides of the pairs ``idx`` as ONE padded batch of 2B sentences (mean pooling ignores padding)."""
+        feats = tok.pad([ra[i] for i in idx] + [rb[i] for i in idx], return_tensors="pt")
+        return {k: v.to(dev) for k, v in feats.items()} | ({"labels": targets[idx].to(dev)} if labels else {})
+
+    def pair_loss(model, batch) -> torch.Tensor:
+        with autocast(precision, dev):
+            u, v = model(**{k: t for k, t in batch.items() if k != "labels"}).split(len(batch["labels"]))
+        return cosine_mse(u, v, batch["labels"])
+
+    originals, init_info = {}, None
+    if cfg["method"] == "full":
+        originals = {n: m.weight.detach().clone() for n, m in model.named_modules()
+                     if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in ("query", "value")}
+    else:
+        stats = None
+        if cfg["method"] in lora.DATA_INITS:   # as harness.train.init_batches: a seeded shuffle of train only
+            t_init, needs = time.time(), lora.DATA_INITS[cfg["method"]]
+            order = torch.randperm(len(ra), generator=torch.Generator().manual_seed(10_000 + cfg["seed"])).tolist()
+            batches = [pairs(order[b * bs:(b + 1) * bs], "grad" in needs)
+                       for b in range(min(cfg["init_batches"], math.ceil(len(ra) / bs)))]
+            stats = lora.collect_layer_stats(model.to(dev), cfg["targets"], batches, needs=needs, loss_fn=pair_loss)
+            stats = {n: _to_cpu(st) for n, st in stats.items()}
+            model.cpu()
+            init_info = {"batches": len(batches), "examples": sum(len(b["input_ids"]) // 2 for b in batches),
+                         "seconds": round(time.time() - t_init, 3), "split": "train"}
+        lora.add_lora(model, cfg["targets"], rank=cfg["rank"], alpha=cfg["alpha"], dropout=cfg["dropout"],
+                      init=cfg["method"], svd_method=cfg["svd_method"], niter=cfg["niter"], seed=cfg["seed"],
+                      stats=stats, rslora=bool(cfg.get("rslora")))
+    model.to(dev).train()
+
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    no_decay = lambda n: n.endswith("bias") or "LayerNorm" in n or "layer_norm" in n
+    optimizer = torch.optim.AdamW([
+        {"params": [p for n, p in params if not no_decay(n)], "weight_decay": cfg["weight_decay"]},
+        {"params": [p for n, p in params if no_decay(n)], "weight_decay": 0.0}], lr=cfg["lr"],
+        fused=dev.type == "cuda")
+    steps_per_epoch = math.ceil(len(train_ex) / bs)
+    total = steps_per_epoch * cfg["epochs"]
+    warmup = max(1, round(cfg["warmup_ratio"] * total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_schedule(s, warmup, total))
+    when = eval_steps(steps_per_epoch, cfg["epochs"], cfg["evals_per_epoch"])
+    eval_bs = 256 if dev.type == "cuda" else 64
+    history = {"train_loss": [], "evals": []}
+    status, reason, step = "ok", None, 0
+
+    def eval_point(step: int) -> np.ndarray:
+        """Dev metrics at the top level, validation metrics under "val"; returns the dev embeddings."""
+        m, E = evaluate(model, tok, dev_set, bt, dev, precision, index, eval_bs)
+        if val_set is not None:
+            m["val"] = evaluate(model, tok, val_set, bt, dev, precision, index, eval_bs)[0]
+        history["evals"].append({"step": step, "epoch": round(step / steps_per_epoch, 4), **m})
+        return E
+
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    lengths = [len(x["input_ids"]) + len(y["input_ids"]) for x, y in zip(ra, rb)]
+    E0 = E_last = eval_point(0)
+    bar = tqdm(total=total, desc=rid, disable=not progress, mininterval=5, dynamic_ncols=True)
+    for epoch in range(cfg["epochs"]):
+        for idx in train_batches(lengths, bs, gen, cfg["group_by_length"]):
+            loss = pair_loss(model, pairs(idx))
+            if not torch.isfinite(loss):
+                status, reason = "failed", f"non-finite loss {loss.item()} at step {step + 1}"
+                break
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            history["train_loss"].append(round(loss.item(), 6))
+            bar.update(1)
+            if step in when:
+                E_last = eval_point(step)
+                bar.set_postfix({bt.main_metric: f"{history['evals'][-1][bt.main_metric]:.3f}",
+                                 "loss": f"{loss.item():.3f}"})
+        if status != "ok":
+            break
+    bar.close()
+
+    factors_file = out / f"{rid}.safetensors"
+    if status == "ok" and save_factors:
+        write_factors(model, cfg, originals, factors_file, compact_factors)
+    evals, main = history["evals"], bt.main_metric
+    finite = lambda e: e[main] if e[main] is not None and math.isfinite(e[main]) else -math.inf
+    log = {
+        "run_id": rid, "status": status, "reason": reason, "config": cfg, "config_hash": config_hash(cfg),
+        "task": {"name": bt.name, "family": "bi", "main_metric": main, "metrics": list(bt.metrics),
+                 "pair_task": bt.pair_task, "loss": bt.loss, "label_scale": bt.label_scale,
+                 "pooling": "mean", "normalize": True, "precision": precision,
+                 "majority_baseline": {"roc_auc": 0.5} if bt.retrieval else {},   # a constant score
+                 **({"retrieval_index": index, "retrieval_k": RETRIEVAL_K,
+                     "hnsw": HNSW if index == "hnsw" else None} if bt.retrieval else {})},
+        "data": {**source, "n_train": len(train_ex), "n_dev": len(dev_ex), "n_dev_sentences": len(dev_set.rows),
+                 **({"n_dev_queries": len(dev_set.queries)} if bt.retrieval else {}),
+                 **({"validation": val_info} if val_info else {})},
+        "steps": step, "steps_per_epoch": steps_per_epoch,
+        "history": history,
+        "final": dict(evals[-1]),
+        "best": max(evals, key=finite),
+        # mean cosine between the step-0 and the last evaluation's unit embeddings of the distinct dev sentences
+        "embedding_shift": float(np.mean(np.sum(E0 * E_last, axis=1))),
+        "params": {"trainable": sum(p.numel() for _, p in params), "total": sum(p.numel() for p in model.parameters())},
+        "factors_file": factors_file.name if status == "ok" and save_factors else None,
+        "wall_time_s": round(time.time() - t0, 2),
+        "peak_memory_bytes": (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
+                              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024),
+        "env": environment(dev),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if init_info:
+        log["init"] = init_info
+    write_json_atomic(out / f"{rid}.json", log)
+    return log

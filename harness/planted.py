@@ -1,0 +1,424 @@
+"""Planted-update experiment: which LoRA init recovers a known low-rank ΔW*, and where can it?
+
+``python -m harness planted [--device cuda] [--seeds 0 1 2] [--out logs/planted] [--steps N] [--inits ...]``
+
+Teacher
+    The pretrained encoder (default ``bundled:all-MiniLM-L6-v2``) with W ← W + ΔW* in every
+    query/value ``nn.Linear`` (W: out×in).  ΔW* = B* A* has rank k (default 4):
+
+        ΔW* = U_S P diag(σ) Qᵀ V_Sᵀ,     σ = c · ‖W‖₂ · linspace(1, 0.4, k)   (k = 4: 1, 0.8, 0.6, 0.4)
+
+    with c = 0.5 by default (``scale``; on MiniLM this makes the teacher's final hidden states
+    differ from the pretrained ones by a held-out MSE logged as ``teacher_gap_mse``).
+    (U_S, V_S) — out×k and in×k orthonormal — depend on ``subspace``:
+    ``top``: W's top-k left/right singular vectors; ``bottom``: W's bottom-k (of the thin SVD);
+    ``random``: uniformly random (QR of a Gaussian).  P, Q are random k×k orthogonal matrices,
+    so ΔW*'s column/row spaces are exactly span(U_S)/span(V_S) while its singular vectors are
+    generic inside them (for ``top``, ΔW* is therefore not a mere rescaling of W's own
+    singular values).  All of it is drawn from the run's seed: for one (subspace, seed) every
+    init faces the same teacher.
+
+Student
+    The same pretrained encoder + ``lora.add_lora(rank r = 8, alpha = 16 → s = 2, query/value,
+    init)``, trained with Adam (no weight decay, constant lr) to minimise
+
+        L = mean over non-padding tokens and hidden units of (h_student − h_teacher)²
+
+    with h the final hidden states (``last_hidden_state``); both models stay in eval mode
+    (no dropout: the target is deterministic).  Data: the sentences of the MRPC (both
+    sentences of each pair) and CoLA train sets, de-duplicated, read through
+    :mod:`harness.data` (``--data-dir`` or ``$GLUE_DIR``); a fixed held-out set of
+    ``n_heldout`` = 512 sentences (the same for every config), the rest for training;
+    batches of 32, max length 64, order drawn from the seed (the same for every init).
+
+Learning rate
+    Every (subspace, init, seed) trains once per lr in ``lrs`` (default 3e-4, 1e-3, 3e-3); the
+    headline numbers (``final``) come from the lr with the lowest final *held-out MSE* —
+    what a practitioner can see — never from the recovery error.  Every lr's curves are kept.
+
+Tracked every ``eval_every`` steps (and at step 0), per adapted layer and averaged:
+    ``rel_err`` = ‖ΔW − ΔW*‖_F / ‖ΔW*‖_F (just ‖ΔW‖_F when ΔW* = 0, i.e. scale 0), with ΔW
+    relative to the original W from the layer's ``delta_factors()`` (for residual inits such
+    as ``svd``: s·BA − s·B₀A₀), computed from factors; principal angles (degrees) between
+    ΔW's top-k left (column) / right (row) singular subspaces and ΔW*'s
+    (``angle_left``/``angle_right`` = mean over layers of the largest angle; directions of ΔW
+    with singular value < 1e-6·σ*₁ are rounding noise, and the k − m missing angles of a ΔW
+    with fewer than k directions count as 90°); train MSE (mean since the last eval) and
+    held-out MSE.
+
+Predictions (written before any run; the analysis checks them)
+    P1  lora_fa_svd (A frozen = V_rᵀ, W's top-r right singular vectors): ΔW = B V_rᵀ, so
+        rowspace(ΔW) ⊂ span(V_r).  (a) top: span(V_S) ⊂ span(V_r) (k ≤ r), ΔW* is
+        representable exactly → rel_err → ~0.  (b) bottom: V_S ⊥ V_r, the best ΔW is 0 →
+        rel_err ≥ 1 forever, right angles stay 90°.  (c) random: only the projection onto
+        span(V_r) is reachable, ‖ΔW* P_{V_r}‖/‖ΔW*‖ ≈ √(r/n) → rel_err ≥ √(1 − r/n) ≈ 0.99 (n = 384).
+    P2  lora_fa (A frozen, random orthonormal rows): the (c)-type floor rel_err ≥ ≈ 0.99 in
+        all three subspaces — it recovers none of them.
+    P3  random (standard LoRA, B = 0): roughly indifferent to where ΔW* lies; differences
+        between (a)/(b)/(c) only through how strongly the data excite V_S (input covariance).
+    P4  svd (PiSSA): fastest of all inits in (a) (its A, B start spanning W's top-r subspaces
+        with large norm), no advantage — likely slower than random — in (b) and (c).
+    P5  svd_minor (bottom-r singular vectors, if available): fastest in (b), no advantage in (a)/(c).
+    P6  olora (QR of W, if available): its starting subspaces are W's first r columns, not
+        singular subspaces → behaves like random in all three.
+    P7  For every init, value layers are recovered better (lower rel_err) than query layers:
+        ΔW_q acts only through softmax attention logits, a weaker, saturating signal.
+    P8  Held-out MSE ranks inits like rel_err within a subspace, except lora_fa/lora_fa_svd
+        in (b)/(c), which can lower the MSE with a ΔW far from ΔW* (compensation).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+
+import lora
+from lora import spectra as sp
+
+from .logs import write_json_atomic
+from .tasks import TASKS, UserError
+
+SUBSPACES = ("top", "bottom", "random")
+DEFAULT_INITS = ("random", "svd", "svd_minor", "lora_fa", "lora_fa_svd", "olora")
+DEFAULT_MODEL = "bundled:all-MiniLM-L6-v2"
+TARGETS = ("query", "value")
+DEFAULTS = dict(model=DEFAULT_MODEL, rank=8, alpha=16.0, k=4, scale=0.5, steps=1000, batch_size=32,
+                max_length=64, lrs=[3e-4, 1e-3, 3e-3], eval_every=50, n_heldout=512, targets=list(TARGETS))
+
+
+# ----------------------------------------------------------------- the planted update
+def planted_factors(W: torch.Tensor, k: int, subspace: str, scale: float, generator: torch.Generator):
+    """ΔW* = B* A* = U_S P diag(σ) Qᵀ V_Sᵀ (see module doc), float64 on the CPU, as a dict:
+    B = U_S P diag(σ) (out×k), A = Qᵀ V_Sᵀ (k×in), sigma = scale·‖W‖₂·linspace(1, 0.4, k),
+    U = U_S P (out×k) and V = V_S Q (in×k): orthonormal bases of ΔW*'s column and row spaces."""
+    if subspace not in SUBSPACES:
+        raise ValueError(f"unknown subspace {subspace!r}; valid: {', '.join(SUBSPACES)}")
+    W = W.detach().to(torch.float64).cpu()
+    out_f, in_f = W.shape
+
+    def haar(n, m):
+        return torch.linalg.qr(torch.randn(n, m, generator=generator, dtype=torch.float64)).Q
+
+    if subspace == "random":
+        U_S, V_S = haar(out_f, k), haar(in_f, k)
+    else:
+        U_S, V_S = sp.top_singular_subspaces(W, k, subspace)
+    P, Q = haar(k, k), haar(k, k)
+    sigma = scale * torch.linalg.matrix_norm(W, ord=2) * torch.linspace(1.0, 0.4, k, dtype=torch.float64)
+    return dict(B=(U_S @ P) * sigma, A=Q.T @ V_S.T, sigma=sigma, U=U_S @ P, V=V_S @ Q)
+
+
+def target_linears(model: torch.nn.Module, targets=TARGETS) -> dict[str, torch.nn.Linear]:
+    """The ``nn.Linear`` modules whose name ends in one of ``targets`` (what add_lora adapts)."""
+    return {n: m for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in targets}
+
+
+@torch.no_grad()
+def plant(model: torch.nn.Module, k: int, subspace: str, scale: float, seed: int, targets=TARGETS) -> dict:
+    """Add ΔW* to every target layer of ``model`` in place; returns {name: :func:`planted_factors` dict}."""
+    g = torch.Generator().manual_seed(10_000 + seed)
+    planted = {}
+    for name, lin in target_linears(model, targets).items():
+        pl = planted_factors(lin.weight, k, subspace, scale, g)
+        lin.weight.add_((pl["B"] @ pl["A"]).to(lin.weight))
+        planted[name] = pl
+    if not planted:
+        raise UserError(f"the model has no nn.Linear named {', '.join(targets)}")
+    return planted
+
+
+# ------------------------------------------------------------------------ measurements
+def recovery(model: torch.nn.Module, planted: dict, k: int) -> dict:
+    """Per-layer and mean recovery of ΔW* by the adapters of ``model`` (see module doc)."""
+    layers = lora.lora_layers(model)
+    errs, left, right = {}, {}, {}
+    for name, pl in planted.items():
+        B, A = (t.detach().to("cpu", torch.float64) for t in layers[name].delta_factors())
+        norm = float(torch.linalg.vector_norm(pl["sigma"]))      # ‖ΔW*‖_F; 0 only for scale 0 (tests)
+        errs[name] = sp.lowrank_distance(B, A, pl["B"], pl["A"]) / (norm if norm > 0 else 1.0)
+        U, S, V = sp.lowrank_svd(B, A)
+        # directions below 1e-6·σ*_max are rounding noise (e.g. s·BA − s·B₀A₀ at step 0 of svd init)
+        m = min(k, int((S > 1e-6 * max(float(pl["sigma"].max()), 1e-30)).sum()))
+        pad = [90.0] * (k - m)
+        left[name] = [math.degrees(a) for a in sp.principal_angles(U[:, :m], pl["U"]).tolist()] + pad
+        right[name] = [math.degrees(a) for a in sp.principal_angles(V[:, :m], pl["V"]).tolist()] + pad
+    names = list(planted)
+
+    def mean(xs):
+        xs = list(xs)
+        return sum(xs) / len(xs) if xs else None
+
+    return dict(rel_err=mean(errs.values()),
+                rel_err_query=mean(errs[n] for n in names if n.endswith("query")),
+                rel_err_value=mean(errs[n] for n in names if n.endswith("value")),
+                angle_left=mean(max(left[n]) for n in names), angle_right=mean(max(right[n]) for n in names),
+                rel_err_layers=[errs[n] for n in names], angles_left_layers=left, angles_right_layers=right)
+
+
+def masked_mse(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of (h − target)² over non-padding tokens (mask = 1) and hidden units."""
+    m = mask.to(h.dtype).unsqueeze(-1)
+    return ((h - target) ** 2 * m).sum() / (m.sum() * h.shape[-1])
+
+
+# --------------------------------------------------------------------------------- data
+def load_sentences(data_dir=None) -> tuple[list[str], dict]:
+    """De-duplicated sentences of the MRPC (both of each pair) and CoLA train sets, and their sources."""
+    from .data import load_task_data
+    sentences, sources = [], {}
+    for name in ("mrpc", "cola"):
+        splits, source = load_task_data(TASKS[name], data_dir)
+        sentences += [t.strip() for ex in splits["train"] for t in ex.texts]
+        sources[name] = source
+    return [s for s in dict.fromkeys(sentences) if s], sources
+
+
+class Batches:
+    """Token ids of a list of sentences, padded to ``max_length`` once; batches trimmed to their longest row."""
+
+    def __init__(self, tok, sentences: list[str], max_length: int):
+        enc = tok(sentences, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+        self.ids, self.mask = enc["input_ids"], enc["attention_mask"]
+        self.lengths = self.mask.sum(1)
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    def get(self, idx: torch.Tensor, device):
+        L = int(self.lengths[idx].max())
+        return self.ids[idx, :L].to(device, non_blocking=True), self.mask[idx, :L].to(device, non_blocking=True)
+
+    def train_order(self, batch_size: int, steps: int, seed: int):
+        """``steps`` index batches from successive seeded permutations (the last partial batch of each dropped)."""
+        g = torch.Generator().manual_seed(seed)
+        per_epoch = max(1, len(self) // batch_size)
+        out = []
+        while len(out) < steps:
+            perm = torch.randperm(len(self), generator=g)
+            out += [perm[i * batch_size:(i + 1) * batch_size] for i in range(per_epoch)]
+        return out[:steps]
+
+    def in_order(self, batch_size: int):
+        return [torch.arange(i, min(i + batch_size, len(self))) for i in range(0, len(self), batch_size)]
+
+
+def hidden(model, ids, mask) -> torch.Tensor:
+    return model(input_ids=ids, attention_mask=mask).last_hidden_state
+
+
+@torch.no_grad()
+def heldout_targets(teacher, data: Batches, batch_size: int, device) -> list:
+    return [(ids, mask, hidden(teacher, ids, mask)) for ids, mask in
+            (data.get(idx, device) for idx in data.in_order(batch_size))]
+
+
+@torch.no_grad()
+def heldout_mse(model, targets: list) -> float:
+    num = den = 0.0
+    for ids, mask, ht in targets:
+        n = float(mask.sum())
+        num += float(masked_mse(hidden(model, ids, mask), ht, mask)) * n
+        den += n
+    return num / den
+
+
+# ----------------------------------------------------------------------------- training
+def train_student(base, teacher, planted: dict, init: str, lr: float, seed: int, cfg: dict,
+                  train: Batches, heldout: list, device) -> dict:
+    """One student (one init, one lr): curves and final numbers (see module doc)."""
+    t0 = time.time()
+    student = copy.deepcopy(base)            # base lives on the CPU: add_lora's seeded init draws there
+    lora.add_lora(student, cfg["targets"], rank=cfg["rank"], alpha=cfg["alpha"], init=init, seed=seed)
+    student.to(device).eval()
+    opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=lr,
+                           fused=torch.device(device).type == "cuda")
+    running, n_running, curves, diverged = torch.zeros((), device=device), 0, [], False
+
+    def point(step):
+        train_mse = float(running) / n_running if n_running else None
+        return dict(step=step, train_mse=train_mse, heldout_mse=heldout_mse(student, heldout),
+                    **recovery(student, planted, cfg["k"]))
+
+    curves.append(point(0))
+    for step, idx in enumerate(train.train_order(cfg["batch_size"], cfg["steps"], seed), start=1):
+        ids, mask = train.get(idx, device)
+        with torch.no_grad():
+            target = hidden(teacher, ids, mask)
+        loss = masked_mse(hidden(student, ids, mask), target, mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        running += loss.detach()
+        n_running += 1
+        if step % cfg["eval_every"] == 0 or step == cfg["steps"]:
+            p = point(step)
+            running.zero_()
+            n_running = 0
+            if not all(math.isfinite(v) for v in (p["train_mse"], p["heldout_mse"], p["rel_err"])):
+                diverged = True
+                curves.append({k: p[k] for k in ("step", "train_mse", "heldout_mse")})
+                break
+            curves.append(p)
+    final = {k: v for k, v in curves[-1].items()} if not diverged else None
+    return dict(lr=lr, diverged=diverged, curves=[{k: v for k, v in c.items() if not k.startswith("angles_")}
+                                                  for c in curves],
+                final=final, wall_time_s=time.time() - t0)
+
+
+# --------------------------------------------------------------------------- the loop
+def load_encoder(model_id: str, sentences: list[str]):
+    """(bare encoder, tokenizer): the base model of harness.models' sequence classifier."""
+    from .models import load_model_and_tokenizer
+    model, tok = load_model_and_tokenizer(model_id, num_labels=2, seed=0, train_texts=sentences)
+    return model.base_model.float(), tok      # float32 even if the checkpoint was stored in half precision
+
+
+def _config(subspace, init, seed, params) -> dict:
+    return json.loads(json.dumps(dict(subspace=subspace, init=init, seed=seed, **params)))
+
+
+def log_name(subspace: str, init: str, seed: int) -> str:
+    return f"{subspace}-{init}-s{seed}.json"
+
+
+def validate(subspaces, inits, seeds, params) -> None:
+    bad = [s for s in subspaces if s not in SUBSPACES]
+    if bad:
+        raise UserError(f"unknown subspace {bad[0]!r}; valid: {', '.join(SUBSPACES)}")
+    bad = [m for m in inits if m not in lora.INIT_METHODS]
+    if bad:
+        raise UserError(f"unknown init {bad[0]!r}; valid: {', '.join(lora.INIT_METHODS)}")
+    for key in ("rank", "k", "steps", "batch_size", "max_length", "eval_every", "n_heldout"):
+        v = params[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise UserError(f"{key} must be a positive integer, got {v!r}")
+    if not params["lrs"] or any(not (isinstance(x, (int, float)) and x > 0) for x in params["lrs"]):
+        raise UserError(f"lrs must be positive numbers, got {params['lrs']!r}")
+    if not (isinstance(params["scale"], (int, float)) and params["scale"] >= 0):
+        raise UserError(f"scale must be a number >= 0, got {params['scale']!r}")
+    if not seeds or any(not isinstance(s, int) for s in seeds):
+        raise UserError(f"seeds must be integers, got {seeds!r}")
+
+
+def default_inits() -> list[str]:
+    """DEFAULT_INITS restricted to what ``lora.INIT_METHODS`` offers now (svd_minor, olora may be absent)."""
+    return [m for m in DEFAULT_INITS if m in lora.INIT_METHODS]
+
+
+def run_planted(out_dir="logs/planted", subspaces=SUBSPACES, inits=None, seeds=(0, 1, 2), data_dir=None,
+                device: str | None = None, log=print, shard: tuple[int, int] = (0, 1), **overrides) -> dict[str, str]:
+    """Every (subspace, init, seed) in one process, the model loaded once; one JSON log each.
+
+    ``shard=(i, n)`` runs only the i-th of every n configs (in subspace, seed, init order), so that
+    n processes can share one GPU (a MiniLM step is launch-bound; one process leaves it idle).
+
+    ``overrides``: any key of :data:`DEFAULTS`.  A config whose log exists with status ``ok``
+    and the same config is skipped (resumable); an existing log with a *different* config is
+    an error (use another ``out_dir``).  Returns {log name: "done" | "skipped" | "failed"}.
+    """
+    from .train import environment
+    unknown = sorted(set(overrides) - set(DEFAULTS))
+    if unknown:
+        raise UserError(f"unknown setting {unknown[0]!r}; valid: {', '.join(DEFAULTS)}")
+    params = {**DEFAULTS, **overrides}
+    params["lrs"], params["targets"] = [float(x) for x in params["lrs"]], list(params["targets"])
+    inits = list(default_inits() if inits is None else inits)
+    subspaces, seeds = list(subspaces), list(seeds)
+    validate(subspaces, inits, seeds, params)
+    if not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
+        raise UserError(f"shard must be I/N with 0 <= I < N, got {shard[0]}/{shard[1]}")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    sentences, sources = load_sentences(data_dir)
+    todo, status = {}, {}
+    everything = [(sub, seed, init) for sub in subspaces for seed in seeds for init in inits]
+    for sub, seed, init in everything[shard[0]::shard[1]]:
+        name, cfg = log_name(sub, init, seed), _config(sub, init, seed, params)
+        try:
+            old = json.loads((out / name).read_text())
+        except (OSError, ValueError):
+            old = None
+        if old is not None and old.get("config") != cfg:
+            diff = sorted(k for k in set(cfg) | set(old.get("config") or {})
+                          if cfg.get(k) != (old.get("config") or {}).get(k))
+            raise UserError(f"{out / name} was logged with a different config ({', '.join(diff)}); "
+                            f"use another --out")
+        if old is not None and old.get("status") == "ok":
+            status[name] = "skipped"
+            log(f"skipped {name} (logged)")
+        else:
+            todo[(sub, seed, init)] = (name, cfg)
+    if not todo:
+        return status
+
+    rng = random.Random(0)                   # the held-out split is the same for every config and seed
+    shuffled = sentences[:]
+    rng.shuffle(shuffled)
+    n_held = min(params["n_heldout"], len(shuffled) // 4)
+    base, tok = load_encoder(params["model"], sentences)      # stays on the CPU; copies go to ``dev``
+    base.eval()
+    for p in base.parameters():
+        p.requires_grad_(False)
+    train = Batches(tok, shuffled[n_held:], params["max_length"])
+    held = Batches(tok, shuffled[:n_held], params["max_length"])
+    env = environment(dev)
+    pretrained_held = heldout_targets(copy.deepcopy(base).to(dev), held, params["batch_size"], dev)
+
+    for sub in subspaces:
+        for seed in seeds:
+            pending = [(init, *todo[(sub, seed, init)]) for init in inits if (sub, seed, init) in todo]
+            if not pending:
+                continue
+            teacher = copy.deepcopy(base)
+            planted = plant(teacher, params["k"], sub, params["scale"], seed, params["targets"])
+            teacher.to(dev)
+            targets = heldout_targets(teacher, held, params["batch_size"], dev)
+            gap = heldout_mse(teacher, pretrained_held)     # = MSE(pretrained, teacher), symmetric
+            for init, name, cfg in pending:
+                t0 = time.time()
+                entry = dict(kind="planted", name=name, config=cfg, env=env, data=sources,
+                             planted=dict(k=params["k"], teacher_gap_mse=gap,
+                                          sigma_over_norm=[params["scale"] * x for x in
+                                                           torch.linspace(1.0, 0.4, params["k"]).tolist()],
+                                          n_train=len(train), n_heldout=len(held)))
+                try:
+                    runs = [train_student(base, teacher, planted, init, lr, seed, params, train, targets, dev)
+                            for lr in params["lrs"]]
+                except Exception as e:      # e.g. an init that needs data add_lora was not given
+                    entry.update(status="failed", error=f"{type(e).__name__}: {e}", wall_time_s=time.time() - t0)
+                    write_json_atomic(out / name, entry)
+                    status[name] = "failed"
+                    log(f"failed  {name}: {entry['error'][:200]}")
+                    continue
+                ok = [r for r in runs if not r["diverged"]]
+                best = min(ok, key=lambda r: r["final"]["heldout_mse"]) if ok else None
+                final = None
+                if best is not None:
+                    final = dict(best["final"], lr=best["lr"],
+                                 heldout_rel=best["final"]["heldout_mse"] / gap if gap > 0 else None)
+                entry.update(status="ok" if best else "diverged", best_lr=best and best["lr"], final=final,
+                             lr_sweep={f"{r['lr']:g}": dict(diverged=r["diverged"], final=r["final"] and {
+                                 k: v for k, v in r["final"].items() if not k.startswith("angles_")})
+                                 for r in runs},
+                             curves={f"{r['lr']:g}": r["curves"] for r in runs},
+                             wall_time_s=time.time() - t0)
+                write_json_atomic(out / name, entry)
+                status[name] = "done" if best else "failed"
+                if final:
+                    log(f"done    {name}: lr {best['lr']:g} rel_err {final['rel_err']:.3f} "
+                        f"(q {final['rel_err_query']:.3f}, v {final['rel_err_value']:.3f}) angles "
+                        f"L {final['angle_left']:.1f}° R {final['angle_right']:.1f}° heldout/gap "
+                        f"{final['heldout_rel'] if final['heldout_rel'] is not None else float('nan'):.3g} "
+                        f"[{entry['wall_time_s']:.0f}s]")
+                else:
+                    log(f"diverged {name}: every lr in {params['lrs']} diverged")
+            del teacher
+    return status

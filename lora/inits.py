@@ -1,0 +1,449 @@
+"""LoRA init families beyond :mod:`lora.core`'s own, each one a choice of subspace, plus the data they need.
+
+Notation as in :mod:`lora.core`: one adapted ``nn.Linear`` with weight W (out×in),
+
+    y = x Wᵀ + s · x Aᵀ Bᵀ        A: r×in,  B: out×r,  s = alpha/r  (alpha/√r with rsLoRA)
+
+Every init here is a function ``f(W, rank, scaling, stats=None) -> (B₀, A₀)`` returning float64 factors
+(:class:`lora.core.LoRALinear` casts them to W's dtype).  Two kinds:
+
+* **residual** inits (``svd_minor``, ``olora``, ``corda``, ``lora_ga``) give B₀, A₀ ≠ 0 and the frozen base
+  becomes W_res = W − s·B₀A₀, computed from the cast factors, so the model is unchanged at step 0 (up to
+  rounding) and ΔW relative to the original W is s·BA − s·B₀A₀ (``LoRALinear.residual``).
+* **zero-B** inits (``eva``, ``lora_fa_grad``, ``lora_fa_eva``) give B₀ = 0: ΔW = 0 at step 0, W untouched;
+  only the row space of the first updates (span of A₀'s rows) is chosen.  ``lora_fa_*`` freeze A.
+
+Data-aware inits read :class:`LayerStats` from :func:`collect_layer_stats` (``DATA_INITS`` says which):
+the uncentred input second moment C = XᵀX/n_tokens (and the input mean μ), and/or the mean gradient G of
+the loss with respect to W over a few batches.
+
+:func:`gradient_capture` measures, for given init factors and a full-fine-tuning gradient G, the share of
+G that the adapter's first step can express.
+
+Where these follow PEFT 0.21 (``peft/tuners/lora/layer.py``: ``olora_init``, ``corda_init``,
+``lora_ga_init``; ``peft/tuners/lora/eva.py``, ``corda.py``, ``loraga.py``) the docstrings say so and name
+every difference; ``tests/test_inits.py`` compares against PEFT on a tiny model.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+_F64 = torch.float64
+STAT_KINDS = ("input", "grad")
+
+
+# =========================================================================== statistics
+@dataclass
+class LayerStats:
+    """Data statistics of one ``nn.Linear`` (in→out), all float64.
+
+    input_cov   in×in  uncentred second moment C = Σ_t x_t x_tᵀ / n_tokens (padding tokens excluded
+                when the batch has an ``attention_mask`` of the layer input's leading shape), or None
+    input_mean  (in,)  μ = Σ_t x_t / n_tokens, or None
+    grad        out×in mean over batches of ∂loss_b/∂W, or None
+    n_batches, n_tokens   how much data went in (n_tokens: rows of the input statistics)
+    """
+    input_cov: torch.Tensor | None
+    input_mean: torch.Tensor | None
+    grad: torch.Tensor | None
+    n_batches: int
+    n_tokens: int
+
+    def input_directions(self, rank: int, center: bool = True) -> torch.Tensor:
+        """Top-``rank`` principal input directions as orthonormal rows (rank×in), float64.
+
+        With ``center`` the eigenvectors of the covariance Σ = C − μμᵀ (= the right singular vectors of
+        the centred activation matrix X − 1μᵀ, i.e. PCA, as PEFT's EVA computes them); otherwise those
+        of C (= right singular vectors of X itself).  Sign: the largest-|·| entry of each row is
+        positive (sklearn's ``svd_flip`` convention, which PEFT's IncrementalPCA uses).
+        """
+        if self.input_cov is None:
+            raise ValueError("these statistics have no input covariance; collect them with needs={'input'}")
+        M = self.input_cov.to(_F64)
+        if center:
+            M = M - torch.outer(self.input_mean.to(_F64), self.input_mean.to(_F64))
+        evals, evecs = torch.linalg.eigh((M + M.mT) / 2)            # ascending
+        return _canonical_sign(evecs.flip(1)[:, :rank].mT)
+
+
+def collect_layer_stats(model: nn.Module, targets: str | Sequence[str], batches: Iterable[Mapping],
+                        needs: Iterable[str] = frozenset(STAT_KINDS),
+                        loss_fn: Callable | None = None, max_batches: int | None = None) -> dict[str, LayerStats]:
+    """Statistics of the target ``nn.Linear`` layers over a few batches, for the data-aware inits.
+
+    ``targets`` select layers exactly as in :func:`lora.add_lora` (names or a regex), so the keys of the
+    result are the names ``add_lora(..., stats=...)`` looks up.  Each batch is a dict passed as
+    ``model(**batch)``; with ``"grad"`` in ``needs`` the loss is ``loss_fn(model, batch)`` if given, else
+    ``model(**batch).loss``, and G is the mean over batches of its gradient with respect to each target
+    weight (one forward serves both statistics).  ``max_batches`` stops early.
+
+    The model runs in eval mode (no dropout) and is left as found: every module's train/eval flag, every
+    parameter's ``requires_grad`` and ``.grad`` (gradients are taken with ``torch.autograd.grad``, never
+    accumulated into ``.grad``), and the global torch RNG (``torch.random.fork_rng``).
+    """
+    from .core import _matches              # lora.core imports this module: import late
+
+    needs = set(needs)
+    if not needs or not needs <= set(STAT_KINDS):
+        raise ValueError(f"unknown statistics {sorted(needs - set(STAT_KINDS)) or '(none)'}; valid: "
+                         f"{', '.join(STAT_KINDS)}")
+    layers = {n: m for n, m in model.named_modules() if n and isinstance(m, nn.Linear) and _matches(n, targets)}
+    if not layers:
+        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        raise ValueError(f"targets {targets!r} matched no nn.Linear; Linear layers include: "
+                         f"{', '.join(linears[:8])}{' ...' if len(linears) > 8 else ''}")
+    want_in, want_grad = "input" in needs, "grad" in needs
+    acc = {n: dict(xx=None, x=None, tok=0, g=None) for n in layers}
+    current: dict = {}
+
+    def hook(name):
+        def fn(module, args, output):
+            x = args[0].detach()
+            mask = current.get("attention_mask")
+            if mask is not None and tuple(mask.shape) == tuple(x.shape[:-1]):
+                x = x[mask.to(x.device).bool()]
+            x = x.reshape(-1, x.shape[-1]).to(_F64)
+            a = acc[name]
+            a["xx"] = x.mT @ x if a["xx"] is None else a["xx"] + x.mT @ x
+            a["x"] = x.sum(0) if a["x"] is None else a["x"] + x.sum(0)
+            a["tok"] += x.shape[0]
+        return fn
+
+    modes = {m: m.training for m in model.modules()}
+    flags = {p: p.requires_grad for p in model.parameters()}
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()] if want_in else []
+    n_batches = 0
+    try:
+        with torch.random.fork_rng(devices=devices):
+            model.eval()
+            if want_grad:
+                for p in flags:
+                    p.requires_grad_(False)
+                for m in layers.values():
+                    m.weight.requires_grad_(True)
+            for batch in batches:
+                if max_batches is not None and n_batches >= max_batches:
+                    break
+                current.clear()
+                current["attention_mask"] = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+                if not want_grad:
+                    with torch.no_grad():
+                        model(**batch)
+                else:
+                    with torch.enable_grad():
+                        if loss_fn is not None:
+                            loss = loss_fn(model, batch)
+                        else:
+                            loss = getattr(model(**batch), "loss", None)
+                            if loss is None:
+                                raise ValueError("collect_layer_stats needs loss_fn when model(**batch) has no .loss")
+                        weights = [m.weight for m in layers.values()]
+                        grads = torch.autograd.grad(loss, weights, allow_unused=True)
+                    for (n, m), g in zip(layers.items(), grads):
+                        g = torch.zeros_like(m.weight, dtype=_F64) if g is None else g.detach().to(_F64)
+                        acc[n]["g"] = g if acc[n]["g"] is None else acc[n]["g"] + g
+                n_batches += 1
+    finally:
+        for h in handles:
+            h.remove()
+        for p, f in flags.items():
+            p.requires_grad_(f)
+        for m, t in modes.items():
+            m.training = t
+    if n_batches == 0:
+        raise ValueError("collect_layer_stats got no batches")
+    out = {}
+    for n, a in acc.items():
+        tok = a["tok"]
+        if want_in and tok == 0:
+            raise ValueError(f"layer {n!r} saw no (unmasked) input tokens in {n_batches} batches")
+        out[n] = LayerStats(input_cov=a["xx"] / tok if want_in else None,
+                            input_mean=a["x"] / tok if want_in else None,
+                            grad=a["g"] / n_batches if want_grad else None,
+                            n_batches=n_batches, n_tokens=tok)
+    return out
+
+
+# =========================================================================== helpers
+def _canonical_sign(Vh: torch.Tensor, U: torch.Tensor | None = None):
+    """Flip each row of Vh (and the matching column of U) so that its largest-|·| entry is positive."""
+    idx = Vh.abs().argmax(dim=1, keepdim=True)
+    sign = torch.sign(torch.gather(Vh, 1, idx))
+    sign[sign == 0] = 1
+    Vh = Vh * sign
+    return Vh if U is None else (Vh, U * sign.mT)
+
+
+def _svd(M: torch.Tensor):
+    """Full thin SVD in float64 with canonical signs: M = U diag(S) Vh, S descending."""
+    U, S, Vh = torch.linalg.svd(M.detach().to(_F64), full_matrices=False)
+    Vh, U = _canonical_sign(Vh, U)
+    return U, S, Vh
+
+
+def _split(U, S, Vh, scaling):
+    """PiSSA-style balanced split of U diag(S) Vh: B = U·sqrt(S/s), A = sqrt(S/s)·Vh, so s·BA = U S Vh."""
+    root = torch.sqrt(S / scaling)
+    return U * root, root[:, None] * Vh
+
+
+# =========================================================================== weight-only inits
+def svd_minor_init(W: torch.Tensor, rank: int, scaling: float, stats: LayerStats | None = None):
+    """MiLoRA (Wang et al. 2024): the *bottom*-r singular triplets of W, with the residual.
+
+    W = U S Vᵀ (thin, S descending, k = min(out, in)); take the last r triplets U_m (out×r), S_m, V_m (in×r)
+    and split them like ``svd``: B₀ = U_m·sqrt(S_m/s) (out×r), A₀ = sqrt(S_m/s)·V_mᵀ (r×in), so
+    s·B₀A₀ = U_m S_m V_mᵀ is subtracted from W: the base keeps W's top k−r components, the adapter starts
+    on the minor ones and the model is unchanged at step 0.  (If W has zero singular values among the
+    last r, those rows/columns of A₀, B₀ are 0 and that direction gets no gradient.)  Not in PEFT 0.21.
+    """
+    U, S, Vh = _svd(W)
+    return _split(U[:, -rank:], S[-rank:], Vh[-rank:], scaling)
+
+
+def olora_init(W: torch.Tensor, rank: int, scaling: float, stats: LayerStats | None = None):
+    """OLoRA (Büyükakyüz 2024), exactly as PEFT 0.21's ``olora_init``: thin QR of W, with the residual.
+
+    W = Q R (Q: out×k orthonormal columns, R: k×in upper-trapezoidal, k = min(out, in));
+    B₀ = Q[:, :r] (out×r, orthonormal columns), A₀ = R[:r] (r×in), so B₀A₀ = Q_r Q_rᵀ W, the projection of
+    W onto the span of its first r columns' Gram–Schmidt basis.  The scaling is *not* folded into the
+    factors (PEFT does not divide by s): the base becomes W − s·Q_r R_r, so for s ≠ 1 it is not the
+    "rest" (I − Q_r Q_rᵀ)W, but the model is still unchanged at step 0.  Signs are LAPACK's Householder
+    convention (torch.linalg.qr), the same as PEFT's.
+    """
+    Q, R = torch.linalg.qr(W.detach().to(_F64))
+    return Q[:, :rank].clone(), R[:rank].clone()
+
+
+# =========================================================================== data-aware inits
+def _need(stats: LayerStats | None, field: str, init: str) -> torch.Tensor:
+    value = None if stats is None else getattr(stats, field)
+    if value is None:
+        kind = "grad" if field == "grad" else "input"
+        raise ValueError(f"init {init!r} needs layer statistics with {kind!r}: pass stats=lora.collect_layer_stats("
+                         f"model, targets, batches, needs={{{kind!r}}})")
+    return value.to(_F64)
+
+
+def eva_init(W: torch.Tensor, rank: int, scaling: float, stats: LayerStats | None = None, center: bool = True):
+    """EVA (Paischer et al. 2024): A₀ = the top-r principal directions of the layer's inputs, B₀ = 0.
+
+    A₀ (r×in, orthonormal rows) = top-r eigenvectors of the input covariance Σ = C − μμᵀ, i.e. the top-r
+    right singular vectors of the centred activation matrix (PEFT's EVA runs IncrementalPCA, which
+    centres; ``center=False`` uses C, the uncentred second moment, instead).  B₀ = 0 (out×r): ΔW = 0, W is
+    not touched, the model is unchanged at step 0.  A trains.
+
+    Differences from PEFT 0.21's ``initialize_lora_eva_weights``: (1) no rank redistribution across
+    layers (every layer keeps rank r, PEFT's ``rho=1``; the ``adjust_scaling_factors`` step therefore never
+    applies); (2) the PCA is exact over exactly the batches given (from C and μ in float64), where PEFT
+    runs an incremental, randomized (svd_lowrank) PCA until the components' cosine similarity between
+    steps exceeds ``tau``, cycling the data; on one batch with q = 2r ≥ in both are the same PCA;
+    (3) no whitening (PEFT's default too).  Signs: largest-|·| entry of each row positive, as PEFT's.
+    """
+    _need(stats, "input_cov", "eva")
+    A = stats.input_directions(rank, center=center)
+    return torch.zeros(W.shape[0], rank, dtype=_F64, device=A.device), A
+
+
+def lora_fa_eva_init(W: torch.Tensor, rank: int, scaling: float, stats: LayerStats | None = None):
+    """LoRA-FA with EVA's subspace: A₀ frozen = the top-r principal input directions (as :func:`eva_init`,
+    centred, orthonormal rows), B₀ = 0 (out×r).  Only B trains, so ΔW = s·B·A₀ always has its row space
+    in the principal input subspace.  W untouched; the model is unchanged at step 0."""
+    _need(stats, "input_cov", "lora_fa_eva")
+    return eva_init(W, rank, scaling, stats)
+
+
+def corda_damped_covariance(C: torch.Tensor, damp: float = 0.01, tol: float = 0.05):
+    """PEFT's CorDA damping: C' = C + d·mean(diag C)·I with d = 0.01, doubled until ‖C' C'⁻¹ − I‖_F < 0.05.
+    Returns (C', C'⁻¹)."""
+    C = C.to(_F64)
+    eye = torch.eye(C.shape[0], dtype=_F64, device=C.device)
+    mean_diag = torch.diagonal(C).mean()
+    for _ in range(64):
+        Cd = C + damp * mean_diag * eye
+        inv = torch.linalg.inv(Cd)
+        if torch.dist(Cd @ inv, eye) < tol:
+            return Cd, inv
+        damp *= 2
+    raise ValueError("corda: the input covariance could not be inverted even with heavy damping")
+
+
+def corda_init(W: torch.Tensor, rank: int, scaling: float, stats: LayerStats | None = None):
+    """CorDA, instruction-previewed mode (IPM; Yang et al. 2024), as PEFT 0.21 builds it, with the residual.
+
+    C' = damped input covariance (:func:`corda_damped_covariance`, in×in); W C' = U S V̂ᵀ (thin SVD);
+    Vᵀ := V̂ᵀ C'⁻¹ (k×in, *not* orthonormal) so that W = U S Vᵀ exactly.  Take the top r (IPM):
+    B₀ = U_r·sqrt(S_r/s) (out×r), A₀ = sqrt(S_r/s)·V_rᵀ (r×in), s·B₀A₀ = U_r S_r V̂_rᵀ C'⁻¹, the best rank-r
+    approximation of W in the ‖(·) C'‖_F sense (the directions that matter most for the observed inputs).
+    It is subtracted from W: the model is unchanged at step 0.
+
+    C is our uncentred second moment XᵀX/n_tokens.  PEFT's ``preprocess_corda`` instead sums, per forward
+    call, (X/max X)ᵀ(X/max X) and divides by the number of calls, without masking padding.  s·B₀A₀ and the
+    residual do not depend on C's overall scale (C → cC gives S → cS, Vᵀ → Vᵀ/c), but the factors do:
+    for C = c·C_peft, B₀ = √c·B_peft and A₀ = A_peft/√c.  On one forward call the two C are proportional.
+    """
+    C = _need(stats, "input_cov", "corda")
+    Cd, inv = corda_damped_covariance(C.to(W.device))
+    U, S, Vh = _svd(W.detach().to(_F64) @ Cd)
+    Vh = Vh @ inv
+    return _split(U[:, :rank], S[:rank], Vh[:rank], scaling)
+
+
+LORA_GA_DIRECTIONS = ("ArB2r", "A2rBr", "ArBr")
+LORA_GA_SCALES = ("stable", "unit")
+
+
+def lora_ga_init(W: torch.Tensor, rank: int, scaling: float, stats: LayerStats | None = None,
+                 direction: str = "ArB2r", scale: str = "stable", gamma: float = 16.0):
+    """LoRA-GA (Wang et al. 2024) as PEFT 0.21's ``lora_ga_init`` with its defaults, with the residual.
+
+    G = mean gradient of W (out×in) = U S Vᵀ; needs 2r ≤ min(out, in).  Default ``direction="ArB2r"``:
+    A₀ = V_{1..r}ᵀ (r×in, orthonormal rows), B₀ = U_{r+1..2r}·diag(S_{r+1..2r}) (out×r);
+    ``"A2rBr"``: A₀ = V_{r+1..2r}ᵀ, B₀ = U_{1..r}·diag(S_{1..r}) (the paper's layout);
+    ``"ArBr"``: A₀ = V_{2,4,..,2r}ᵀ, B₀ = U_{1,3,..,2r−1}·diag(S_{1,3,..}).
+    ``scale="stable"`` (default) multiplies B₀ by out^{1/4}/√gamma (gamma = 16); ``"unit"`` leaves it.
+    The base becomes W − s·B₀A₀: the model is unchanged at step 0.  Rationale: the first step's reachable
+    updates {X A₀ + B₀ Y} contain the top-2r part of G (see :func:`gradient_capture`).
+
+    Differences from PEFT: PEFT takes a randomized ``torch.svd_lowrank(G, q=min(4r, min(out, in)),
+    niter=4)`` (global RNG), we an exact float64 SVD; PEFT estimates G in train mode, we in eval mode (same
+    without dropout).  Because A₀ and B₀ come from *different* singular triplets, the sign of s·B₀A₀
+    depends on the SVD routine's sign choice; ours is fixed (largest-|·| entry of each v_i positive, u_i
+    flipped with it).  PEFT's ``"random"`` direction and ``"weight_svd"``/``"gd_scale"`` scales are not
+    implemented.
+    """
+    G = _need(stats, "grad", "lora_ga")
+    if direction not in LORA_GA_DIRECTIONS:
+        raise ValueError(f"unknown lora_ga direction {direction!r}; valid: {', '.join(LORA_GA_DIRECTIONS)}")
+    if scale not in LORA_GA_SCALES:
+        raise ValueError(f"unknown lora_ga scale {scale!r}; valid: {', '.join(LORA_GA_SCALES)}")
+    if 2 * rank > min(W.shape):
+        raise ValueError(f"lora_ga needs 2·rank ≤ min(out, in); rank {rank} is too large for "
+                         f"{W.shape[0]}×{W.shape[1]}; valid: 1..{min(W.shape) // 2}")
+    U, S, Vh = _svd(G.to(W.device))
+    a_idx, b_idx = {"ArB2r": (slice(0, rank), slice(rank, 2 * rank)),
+                    "A2rBr": (slice(rank, 2 * rank), slice(0, rank)),
+                    "ArBr": (slice(1, 2 * rank, 2), slice(0, 2 * rank, 2))}[direction]
+    A = Vh[a_idx].clone()
+    B = U[:, b_idx] * S[b_idx]
+    if scale == "stable":
+        B = B * (W.shape[0] ** 0.25 / math.sqrt(gamma))
+    return B, A
+
+
+def lora_fa_grad_init(W: torch.Tensor, rank: int, scaling: float, stats: LayerStats | None = None):
+    """LoRA-FA with the gradient's subspace: A₀ frozen = the top-r right singular vectors of the mean
+    gradient G (r×in, orthonormal rows, canonical signs), B₀ = 0 (out×r).  Only B trains; the first step
+    then moves along G·P_A, which keeps the largest share of ‖G‖² any frozen rank-r A can
+    (Σ_{i≤r} S_i² / Σ S_i²).  W untouched; the model is unchanged at step 0."""
+    G = _need(stats, "grad", "lora_fa_grad")
+    _, _, Vh = _svd(G.to(W.device))
+    return torch.zeros(W.shape[0], rank, dtype=_F64, device=W.device), Vh[:rank].clone()
+
+
+# =========================================================================== registry
+@dataclass(frozen=True)
+class InitSpec:
+    fn: Callable                 # (W, rank, scaling, stats) -> (B₀ out×r, A₀ r×in), float64
+    residual: bool               # base weight becomes W − s·B₀A₀
+    freeze_A: bool               # A is not trained (LoRA-FA)
+    needs: frozenset             # statistics from collect_layer_stats
+
+
+FAMILIES: dict[str, InitSpec] = {
+    "svd_minor": InitSpec(svd_minor_init, True, False, frozenset()),
+    "olora": InitSpec(olora_init, True, False, frozenset()),
+    "eva": InitSpec(eva_init, False, False, frozenset({"input"})),
+    "corda": InitSpec(corda_init, True, False, frozenset({"input"})),
+    "lora_ga": InitSpec(lora_ga_init, True, False, frozenset({"grad"})),
+    "lora_fa_grad": InitSpec(lora_fa_grad_init, False, True, frozenset({"grad"})),
+    "lora_fa_eva": InitSpec(lora_fa_eva_init, False, True, frozenset({"input"})),
+}
+DATA_INITS: dict[str, set[str]] = {n: set(s.needs) for n, s in FAMILIES.items() if s.needs}
+
+
+def check_layer_stats(init: str, name: str, stats: Mapping[str, LayerStats] | LayerStats | None,
+                      shape: tuple[int, int]) -> LayerStats | None:
+    """The statistics of layer ``name`` for ``init`` (None for inits that need none), or a one-line ValueError."""
+    needs = DATA_INITS.get(init)
+    if not needs:
+        return None
+    hint = f"pass stats=lora.collect_layer_stats(model, targets, batches, needs={sorted(needs)})"
+    if stats is None:
+        raise ValueError(f"init {init!r} needs layer statistics ({', '.join(sorted(needs))}); {hint}")
+    st = stats if isinstance(stats, LayerStats) else stats.get(name)
+    if st is None:
+        have = ", ".join(sorted(stats)[:6]) or "none"
+        raise ValueError(f"init {init!r} has no statistics for layer {name!r} (have: {have}); {hint}")
+    out_f, in_f = shape
+    if "input" in needs and (st.input_cov is None or tuple(st.input_cov.shape) != (in_f, in_f)):
+        got = None if st.input_cov is None else tuple(st.input_cov.shape)
+        raise ValueError(f"init {init!r} needs an input covariance of shape {(in_f, in_f)} for layer {name!r}, "
+                         f"got {got}; {hint}")
+    if "grad" in needs and (st.grad is None or tuple(st.grad.shape) != (out_f, in_f)):
+        got = None if st.grad is None else tuple(st.grad.shape)
+        raise ValueError(f"init {init!r} needs a gradient of shape {(out_f, in_f)} for layer {name!r}, "
+                         f"got {got}; {hint}")
+    return st
+
+
+def init_factors(init: str, W: torch.Tensor, rank: int, scaling: float,
+                 stats: LayerStats | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B₀, A₀) in float64 for one of :data:`FAMILIES`."""
+    if init not in FAMILIES:
+        raise ValueError(f"unknown init {init!r}; valid: {', '.join(FAMILIES)}")
+    return FAMILIES[init].fn(W, rank, scaling, stats)
+
+
+# =========================================================================== step-0 gradient capture
+def _row_projector(M: torch.Tensor, rtol: float = 1e-10) -> torch.Tensor:
+    """Orthogonal projector onto the row space of M (k×n), n×n float64; 0 for M = 0."""
+    M = M.detach().to(_F64)
+    if M.numel() == 0:
+        return torch.zeros(M.shape[1], M.shape[1], dtype=_F64, device=M.device)
+    _, S, Vh = torch.linalg.svd(M, full_matrices=False)
+    keep = S > rtol * S[0] if S[0] > 0 else S < 0
+    V = Vh[keep]
+    return V.mT @ V
+
+
+def gradient_capture(B0: torch.Tensor, A0: torch.Tensor, G: torch.Tensor, freeze_A: bool = False) -> float:
+    """Share of the full-fine-tuning gradient G (out×in) that the adapter's first step can express.
+
+    The adapter changes W by s·BA.  To first order around (B₀, A₀) a step changes it by
+    s·(dB·A₀ + B₀·dA) (dB out×r, dA r×in), so the reachable set is the subspace
+    𝓢 = {X A₀ + B₀ Y} of out×in matrices (only {X A₀} when A is frozen).  The first step itself has
+    dB ∝ G A₀ᵀ, dA ∝ B₀ᵀ G, both inside 𝓢.  Orthogonal complement: M ⟂ 𝓢 ⇔ ⟨M, X A₀⟩ = tr(Xᵀ M A₀ᵀ) = 0 ∀X
+    and ⟨M, B₀ Y⟩ = 0 ∀Y ⇔ M A₀ᵀ = 0 and B₀ᵀ M = 0 ⇔ M = (I−P_B) M (I−P_A), with P_A (in×in) the projector
+    onto A₀'s row space and P_B (out×out) onto B₀'s column space.  The map N ↦ (I−P_B) N (I−P_A) is
+    self-adjoint and idempotent, so it *is* the projection onto 𝓢^⊥ and
+
+        capture = ‖proj_𝓢 G‖²_F / ‖G‖²_F = 1 − ‖(I−P_B) G (I−P_A)‖²_F / ‖G‖²_F
+                = (‖P_B G‖² + ‖G P_A‖² − ‖P_B G P_A‖²) / ‖G‖²     (energy of G in col(B₀) ⊕ row(A₀)).
+
+    B₀ = 0 (P_B = 0) or frozen A give ‖G P_A‖²/‖G‖²: for B₀ = 0 the first step is ΔW ∝ G A₀ᵀA₀, in
+    G·P_A's span.  A₀ = 0 gives ‖P_B G‖²/‖G‖².  G = 0 gives 0.0.  Scale-free: s plays no role.
+    """
+    G = G.detach().to(_F64)
+    total = float((G * G).sum())
+    if total == 0.0:
+        return 0.0
+    A0 = A0.detach().to(_F64, copy=False).to(G.device)
+    B0 = B0.detach().to(_F64, copy=False).to(G.device)
+    P_A = _row_projector(A0)
+    P_B = torch.zeros(G.shape[0], G.shape[0], dtype=_F64, device=G.device) if freeze_A else _row_projector(B0.mT)
+    R = G - P_B @ G
+    R = R - R @ P_A
+    return float(min(1.0, max(0.0, 1.0 - float((R * R).sum()) / total)))
+
+
+def layer_capture(layer, G: torch.Tensor) -> float:
+    """:func:`gradient_capture` of a :class:`lora.core.LoRALinear` from its init factors (``lora_B0``,
+    ``lora_A0``) and whether its A is frozen; G is the out×in gradient of the original weight."""
+    return gradient_capture(layer.lora_B0, layer.lora_A0, G, freeze_A=layer.freeze_A)
