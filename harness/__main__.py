@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     pl.add_argument("--model", default="bundled:all-MiniLM-L6-v2")
     pl.add_argument("--subspaces", nargs="+", default=["top", "bottom", "random"])
     pl.add_argument("--inits", nargs="+", help="default: random svd svd_minor lora_fa lora_fa_svd olora "
-                                               "(those lora.INIT_METHODS has)")
+                                               "(those lora has)")
     pl.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     pl.add_argument("--steps", type=int, default=1000)
     pl.add_argument("--lrs", nargs="+", type=float, default=[3e-4, 1e-3, 3e-3],
@@ -221,7 +221,8 @@ def _check_device(device: str | None) -> None:
     if dev.type in available and not available[dev.type]():
         raise UserError(f"device {device!r} is not available on this machine; valid here: cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise UserError(f"device {device!r} does not exist; this machine has cuda:0..cuda:{torch.cuda.device_count() - 1}")
+        n = torch.cuda.device_count()
+        raise UserError(f"device {device!r} does not exist; valid here: {', '.join(f'cuda:{i}' for i in range(n))}")
 
 
 if __name__ == "__main__":

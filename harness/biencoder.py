@@ -8,7 +8,8 @@ Each sentence is encoded on its own, as sentence-transformers does for all-MiniL
 
 The forward is our Hugging Face model + this pooling (not a ``SentenceTransformer``), so the
 ``lora`` adapters (query/value of the transformer) apply and nothing here needs sentence-transformers;
-``tests/test_biencoder.py`` checks the pooling and the loss against it.
+``tests/test_biencoder.py`` checks the pooling and the loss against it.  One difference: sentences are
+truncated at ``cfg["max_length"]`` tokens (128 in the quick preset), sentence-transformers' model at 256.
 
 Loss, both tasks: cosine-similarity MSE (sentence-transformers' ``CosineSimilarityLoss``),
 ``L = mean_i (u_i·v_i − y_i)²`` with y = label / label_scale (MRPC: 1/0; STS-B: score/5 ∈ [0, 1]).

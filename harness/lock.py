@@ -8,7 +8,8 @@ The file's text (the holder's pid and command line) is only for the message a se
 On exit the holder deletes the file while still holding the lock.  A grid that opened the file
 just before the deletion could then lock a file that is no longer the one at the path, so after
 locking, a grid checks that the path still names the file it locked, and starts again if not.
-(Deleting ``.grid.lock`` by hand while a grid runs lets a second grid in.)
+(Deleting ``.grid.lock`` by hand while a grid runs lets a second grid in.)  Worker processes forked
+while the lock is held share it: it is free only when the grid and all such workers have ended.
 """
 from __future__ import annotations
 

@@ -30,6 +30,10 @@ Student
     :mod:`harness.data` (``--data-dir`` or ``$GLUE_DIR``); a fixed held-out set of
     ``n_heldout`` = 512 sentences (the same for every config), the rest for training;
     batches of 32, max length 64, order drawn from the seed (the same for every init).
+    Data-aware inits (``lora.DATA_INITS``: eva, corda, lora_ga, ... where lora has them) get
+    their statistics from the first 8 of those batches: input second moments of the target
+    layers and/or the mean gradient of this same MSE with respect to the pretrained W — for
+    gradient inits a hint that points at ΔW*, which is part of what they are being tested on.
 
 Learning rate
     Every (subspace, init, seed) trains once per lr in ``lrs`` (default 3e-4, 1e-3, 3e-3); the
@@ -229,24 +233,58 @@ def heldout_mse(model, targets: list) -> float:
 
 
 # ----------------------------------------------------------------------------- training
+STAT_BATCHES = 8      # data-aware inits (lora.DATA_INITS): statistics from the first 8 training batches
+
+
+def init_stats(base, teacher, init: str, targets, train: "Batches", order: list, device):
+    """``lora.collect_layer_stats`` for a data-aware init (None for the others), on ``device``:
+    input second moments of the target layers and/or the mean gradient of the planted MSE loss
+    (against the teacher) with respect to their pretrained weights, over ``order``'s batches.
+    The statistics come back on the CPU, where ``base`` (and add_lora) live."""
+    needs = getattr(lora, "DATA_INITS", {}).get(init)
+    if not needs:
+        return None
+    import dataclasses
+    probe = copy.deepcopy(base).to(device)
+    batches = [dict(zip(("input_ids", "attention_mask"), train.get(idx, device))) for idx in order]
+
+    def loss_fn(model, batch):
+        with torch.no_grad():
+            target = hidden(teacher, batch["input_ids"], batch["attention_mask"])
+        return masked_mse(hidden(model, batch["input_ids"], batch["attention_mask"]), target,
+                          batch["attention_mask"])
+
+    stats = lora.collect_layer_stats(probe, list(targets), batches, needs=needs, loss_fn=loss_fn)
+    return {n: dataclasses.replace(st, **{f: getattr(st, f).cpu() for f in ("input_cov", "input_mean", "grad")
+                                          if getattr(st, f) is not None}) for n, st in stats.items()}
+
+
 def train_student(base, teacher, planted: dict, init: str, lr: float, seed: int, cfg: dict,
                   train: Batches, heldout: list, device) -> dict:
     """One student (one init, one lr): curves and final numbers (see module doc)."""
     t0 = time.time()
+    order = train.train_order(cfg["batch_size"], cfg["steps"], seed)
     student = copy.deepcopy(base)            # base lives on the CPU: add_lora's seeded init draws there
-    lora.add_lora(student, cfg["targets"], rank=cfg["rank"], alpha=cfg["alpha"], init=init, seed=seed)
+    stats = init_stats(base, teacher, init, cfg["targets"], train, order[:STAT_BATCHES], device)
+    lora.add_lora(student, cfg["targets"], rank=cfg["rank"], alpha=cfg["alpha"], init=init, seed=seed,
+                  **({"stats": stats} if stats is not None else {}))
     student.to(device).eval()
-    opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=lr,
-                           fused=torch.device(device).type == "cuda")
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(trainable, lr=lr, fused=torch.device(device).type == "cuda")
     running, n_running, curves, diverged = torch.zeros((), device=device), 0, [], False
 
     def point(step):
-        train_mse = float(running) / n_running if n_running else None
-        return dict(step=step, train_mse=train_mse, heldout_mse=heldout_mse(student, heldout),
-                    **recovery(student, planted, cfg["k"]))
+        p = dict(step=step, train_mse=float(running) / n_running if n_running else None,
+                 heldout_mse=heldout_mse(student, heldout))
+        finite = all(bool(torch.isfinite(t).all()) for t in trainable) and math.isfinite(p["heldout_mse"]) \
+            and (p["train_mse"] is None or math.isfinite(p["train_mse"]))
+        return dict(p, **recovery(student, planted, cfg["k"])) if finite else None
 
-    curves.append(point(0))
-    for step, idx in enumerate(train.train_order(cfg["batch_size"], cfg["steps"], seed), start=1):
+    start = point(0)
+    if start is None:
+        raise ValueError(f"init {init!r} gave a non-finite student before training")
+    curves.append(start)
+    for step, idx in enumerate(order, start=1):
         ids, mask = train.get(idx, device)
         with torch.no_grad():
             target = hidden(teacher, ids, mask)
@@ -260,9 +298,9 @@ def train_student(base, teacher, planted: dict, init: str, lr: float, seed: int,
             p = point(step)
             running.zero_()
             n_running = 0
-            if not all(math.isfinite(v) for v in (p["train_mse"], p["heldout_mse"], p["rel_err"])):
+            if p is None:                   # a non-finite loss or adapter: stop this lr here
                 diverged = True
-                curves.append({k: p[k] for k in ("step", "train_mse", "heldout_mse")})
+                curves.append(dict(step=step, diverged=True))
                 break
             curves.append(p)
     final = {k: v for k, v in curves[-1].items()} if not diverged else None
@@ -291,9 +329,9 @@ def validate(subspaces, inits, seeds, params) -> None:
     bad = [s for s in subspaces if s not in SUBSPACES]
     if bad:
         raise UserError(f"unknown subspace {bad[0]!r}; valid: {', '.join(SUBSPACES)}")
-    bad = [m for m in inits if m not in lora.INIT_METHODS]
+    bad = [m for m in inits if m not in valid_inits()]
     if bad:
-        raise UserError(f"unknown init {bad[0]!r}; valid: {', '.join(lora.INIT_METHODS)}")
+        raise UserError(f"unknown init {bad[0]!r}; valid: {', '.join(valid_inits())}")
     for key in ("rank", "k", "steps", "batch_size", "max_length", "eval_every", "n_heldout"):
         v = params[key]
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -306,9 +344,14 @@ def validate(subspaces, inits, seeds, params) -> None:
         raise UserError(f"seeds must be integers, got {seeds!r}")
 
 
+def valid_inits() -> tuple[str, ...]:
+    """Every init lora offers at run time: ``lora.ALL_INITS`` where it exists, else ``lora.INIT_METHODS``."""
+    return tuple(getattr(lora, "ALL_INITS", lora.INIT_METHODS))
+
+
 def default_inits() -> list[str]:
-    """DEFAULT_INITS restricted to what ``lora.INIT_METHODS`` offers now (svd_minor, olora may be absent)."""
-    return [m for m in DEFAULT_INITS if m in lora.INIT_METHODS]
+    """DEFAULT_INITS restricted to what lora offers now (svd_minor, olora may be absent)."""
+    return [m for m in DEFAULT_INITS if m in valid_inits()]
 
 
 def run_planted(out_dir="logs/planted", subspaces=SUBSPACES, inits=None, seeds=(0, 1, 2), data_dir=None,
@@ -387,12 +430,12 @@ def run_planted(out_dir="logs/planted", subspaces=SUBSPACES, inits=None, seeds=(
                 entry = dict(kind="planted", name=name, config=cfg, env=env, data=sources,
                              planted=dict(k=params["k"], teacher_gap_mse=gap,
                                           sigma_over_norm=[params["scale"] * x for x in
-                                                           torch.linspace(1.0, 0.4, params["k"]).tolist()],
+                                                           torch.linspace(1.0, 0.4, params["k"], dtype=torch.float64).tolist()],
                                           n_train=len(train), n_heldout=len(held)))
                 try:
                     runs = [train_student(base, teacher, planted, init, lr, seed, params, train, targets, dev)
                             for lr in params["lrs"]]
-                except Exception as e:      # e.g. an init that needs data add_lora was not given
+                except Exception as e:      # e.g. lora_ga with 2·rank > a layer's size: log it, go on
                     entry.update(status="failed", error=f"{type(e).__name__}: {e}", wall_time_s=time.time() - t0)
                     write_json_atomic(out / name, entry)
                     status[name] = "failed"
@@ -413,11 +456,11 @@ def run_planted(out_dir="logs/planted", subspaces=SUBSPACES, inits=None, seeds=(
                 write_json_atomic(out / name, entry)
                 status[name] = "done" if best else "failed"
                 if final:
-                    log(f"done    {name}: lr {best['lr']:g} rel_err {final['rel_err']:.3f} "
-                        f"(q {final['rel_err_query']:.3f}, v {final['rel_err_value']:.3f}) angles "
-                        f"L {final['angle_left']:.1f}° R {final['angle_right']:.1f}° heldout/gap "
-                        f"{final['heldout_rel'] if final['heldout_rel'] is not None else float('nan'):.3g} "
-                        f"[{entry['wall_time_s']:.0f}s]")
+                    def f(key, fmt=".3f"):
+                        return "-" if final[key] is None else format(final[key], fmt)
+                    log(f"done    {name}: lr {best['lr']:g} rel_err {f('rel_err')} (q {f('rel_err_query')}, "
+                        f"v {f('rel_err_value')}) angles L {f('angle_left', '.1f')}° R {f('angle_right', '.1f')}° "
+                        f"heldout/gap {f('heldout_rel', '.3g')} [{entry['wall_time_s']:.0f}s]")
                 else:
                     log(f"diverged {name}: every lr in {params['lrs']} diverged")
             del teacher

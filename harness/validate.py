@@ -244,8 +244,8 @@ def _check_list(key: str, value, where: str) -> None:
     else:
         from .config import METHODS
         item = Choice(*(TASKS if key == "tasks" else METHODS))
-        valid, example = f"{key[:-1]} names", (f"[{value}]" if isinstance(value, str) and value.isprintable() and len(value) < 40
-                                                    else f"[{item.choices[0]}]")
+        short = isinstance(value, str) and value.isprintable() and len(value) < 40
+        valid, example = f"{key[:-1]} names", f"[{value if short else item.choices[0]}]"
     if not isinstance(value, list) or not value:
         got = f"the string {value!r}" if isinstance(value, str) else show(value)
         raise UserError(f"{where}{key} must be a non-empty list of {valid}, e.g. {key}: {example}; got {got}")

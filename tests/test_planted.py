@@ -194,8 +194,24 @@ def test_run_planted_bad_input(glue_fixture, tmp_path, kw, msg):
 
 def test_default_inits_follow_lora():
     assert P.default_inits()[0] == "random"
-    assert set(P.default_inits()) <= set(lora.INIT_METHODS)
+    assert set(lora.INIT_METHODS) <= set(P.valid_inits())
+    assert set(P.default_inits()) <= set(P.valid_inits())
     assert {"random", "svd", "lora_fa", "lora_fa_svd"} <= set(P.default_inits())
+
+
+@pytest.mark.parametrize("init", ["eva", "lora_ga"])
+def test_data_aware_inits_get_statistics(tiny, init):
+    """Inits in lora.DATA_INITS are given statistics from the planted loss (skipped where lora lacks them)."""
+    if init not in getattr(lora, "DATA_INITS", {}) or init not in P.valid_inits():
+        pytest.skip(f"lora has no data-aware init {init!r} here")
+    base, held, train = tiny
+    teacher = copy.deepcopy(base)
+    planted = P.plant(teacher, 2, "top", 0.5, 0)
+    targets = P.heldout_targets(teacher, held, 16, "cpu")
+    run = P.train_student(base, teacher, planted, init, 1e-3, 0, cfg(rank=2, steps=2), train, targets, "cpu")
+    assert not run["diverged"] and math.isfinite(run["final"]["rel_err"])
+    # the model is unchanged at step 0 (zero-B or residual init): held-out MSE = the teacher gap
+    assert run["curves"][0]["heldout_mse"] == pytest.approx(P.heldout_mse(base, targets), rel=1e-3)
 
 
 def test_cli(glue_fixture, tmp_path, capsys):

@@ -176,8 +176,10 @@ NEW_FIELDS = [  # fields being added to DEFAULTS: checked when a config has them
     ("precision", None, "invalid precision None; valid: fp32, bf16"),
     ("val_fraction", 0, "invalid val_fraction 0; valid: a number in (0, 0.5], or null"),
     ("val_fraction", 0.6, "invalid val_fraction 0.6; valid: a number in (0, 0.5]"),
-    ("val_fraction", "x", "invalid val_fraction 'x'"), ("capture_batches", -1, "invalid capture_batches -1; valid: an integer ≥ 0"),
-    ("capture_batches", 1.5, "invalid capture_batches 1.5"), ("init_batches", 0, "invalid init_batches 0; valid: an integer ≥ 1"),
+    ("val_fraction", "x", "invalid val_fraction 'x'"),
+    ("capture_batches", -1, "invalid capture_batches -1; valid: an integer ≥ 0"),
+    ("capture_batches", 1.5, "invalid capture_batches 1.5"),
+    ("init_batches", 0, "invalid init_batches 0; valid: an integer ≥ 1"),
     ("rslora", "yes", "invalid rslora 'yes'; valid: true or false"), ("rslora", 1, "invalid rslora 1"),
 ]
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Run grid specs on a GPU machine in one go (the `device` tool's H200): MPS on, N single-thread workers,
+# Run grid specs on a GPU machine in one go (the `device` tool's H200): MPS on, single-thread workers,
 # the in-process executor (the machine has no papermill), the model and GLUE files carried in .gpu/.
-# Usage: bash tools/gpu_grids.sh BUDGET_SECONDS spec.yaml [spec.yaml ...]; logs are tarred into $OUT.
+# Usage: bash tools/gpu_grids.sh BUDGET_SECONDS "a.yaml b.yaml" ["c.yaml" ...]
+#   each quoted argument is a group of specs run one after the other (e.g. a sweep, then the grid that
+#   reads its selection); groups run side by side, WORKERS (default 16) split between them.
+# Every grid stops cleanly (SIGINT, resumable) at the deadline; the logs are tarred into $OUT.
 set -u
 budget=$1; shift
 export HARNESS_BUNDLED_MODEL_DIR=$PWD/.gpu/model GLUE_DIR=$PWD/.gpu/glue PYTHONUNBUFFERED=1 TQDM_DISABLE=1 \
@@ -10,15 +13,24 @@ export HARNESS_GIT_COMMIT=$(cat .gpu/COMMIT 2>/dev/null) HARNESS_GIT_DIRTY=$(cat
 nvidia-cuda-mps-control -d && echo "MPS on"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 deadline=$((SECONDS + budget))
+per_group=$(( ${WORKERS:-16} / $# )); [ "$per_group" -lt 1 ] && per_group=1
+run_group() {
+  for spec in $1; do
+    left=$((deadline - SECONDS)); [ "$left" -le 15 ] && { echo "no time left for $spec"; continue; }
+    echo "=== $spec ($left s left, $per_group workers) $(date +%T)"
+    timeout -s INT -k 30 "$left" python3 -m harness grid "$spec" --device "${DEVICE:-cuda}" --workers "$per_group" \
+        --executor process --threads 1 > "/tmp/grid-$(basename "$spec" .yaml).out" 2>&1
+    grep -E "FAILED|error|Traceback" "/tmp/grid-$(basename "$spec" .yaml).out" | head -5
+    tail -n 1 "/tmp/grid-$(basename "$spec" .yaml).out"
+  done
+}
+for group in "$@"; do run_group "$group" & done
+wait
 dirs=()
-for spec in "$@"; do
-  left=$((deadline - SECONDS)); [ "$left" -le 15 ] && { echo "no time left for $spec"; continue; }
-  echo "=== $spec ($left s left) $(date +%T)"
-  timeout -s INT -k 30 "$left" python3 -m harness grid "$spec" --device "${DEVICE:-cuda}" --workers "${WORKERS:-12}" \
-      --executor process --threads 1 2>&1 | grep -v -E "^\s*$|it/s\]$" | tail -n "${TAIL:-8}"
-  dirs+=("$(python3 -c "import sys; from harness.grid import load_spec, grid_out_dir; print(grid_out_dir(load_spec(sys.argv[1])).relative_to(__import__('os').getcwd()))" "$spec")")
+for spec in $*; do
+  python3 -m harness status "$spec" 2>&1 | tail -n 1 | sed "s#^#$spec: #"
+  dirs+=("$(python3 -c "import os, sys; from harness.grid import load_spec, grid_out_dir; print(os.path.relpath(grid_out_dir(load_spec(sys.argv[1]))))" "$spec")")
 done
-for spec in "$@"; do python3 -m harness status "$spec" 2>&1 | tail -n 1; done
 tar czf "$OUT/logs.tgz" "${dirs[@]}" 2>/dev/null
-ls -la "$OUT"; [ "$(stat -c %s "$OUT/logs.tgz")" -gt 16000000 ] && (cd "$OUT" && split -b 15M logs.tgz logs.tgz. && rm logs.tgz)
-ls "$OUT"
+[ "$(stat -c %s "$OUT/logs.tgz")" -gt 16000000 ] && (cd "$OUT" && split -b 15M logs.tgz logs.tgz. && rm logs.tgz)
+ls -la "$OUT"
