@@ -90,7 +90,7 @@ def make_config(task: str = "mrpc", method: str = "random", preset: str = "quick
         cfg["init_batches"] = DATA_INIT_BATCHES
     cfg.update(task=task_name, method=method, preset=preset)
     if method == "full":   # adapter fields do not apply; keep them out of the hash
-        for k in ("rank", "alpha", "dropout", "targets", "svd_method", "niter", "init_batches", "rslora"):
+        for k in ("rank", "alpha", "dropout", "targets", "svd_method", "niter", "init_batches"):
             cfg[k] = None
     cfg = validate_config(cfg)     # every field's type and range (harness/validate.py)
     for k in ("lr", "alpha", "dropout", "warmup_ratio", "weight_decay"):
