@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 GLUE_DIR ?= ../shared/glue
-GRIDS ?= configs/sweep.yaml configs/quick.yaml
+GRIDS ?= configs/sweep.yaml configs/quick.yaml configs/v2_sweep.yaml configs/v2.yaml configs/inits_sweep.yaml configs/inits.yaml configs/ranks.yaml configs/precision.yaml
 MATHJAX := book/_static/mathjax/tex-chtml.js
 
 .PHONY: study install grid figures book test bench clean-book
@@ -42,7 +42,7 @@ $(MATHJAX):
 
 # --all: pages read logs/ and figures/, which Sphinx does not track, so an incremental build would
 # keep showing old results for pages whose text did not change.
-book: install $(MATHJAX)
+book: install $(MATHJAX) figures
 	$(VENV)/bin/jupyter-book build book --all -W -n --keep-going
 
 clean-book:

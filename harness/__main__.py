@@ -182,6 +182,10 @@ def main(argv=None) -> int:
         if args.cmd == "readme":
             from .book import update_readme
             changed = update_readme(args.readme, args.spec)
+            from .protocol_report import update_readme_block
+            root = Path(__file__).resolve().parent.parent
+            if (root / "logs" / "v2").is_dir() and (root / "logs" / "v2_sweep").is_dir():
+                changed |= update_readme_block(args.readme, root / "logs" / "v2", root / "logs" / "v2_sweep")
             print(f"{args.readme}: {'updated' if changed else 'unchanged'}")
             return 0
         if args.cmd == "planted":
