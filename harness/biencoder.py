@@ -50,7 +50,7 @@ from .data import HUB_ID, load_task_data, split_validation
 from .logs import write_json_atomic
 from .models import load_model_and_tokenizer
 from .tasks import BI_TASKS, TASKS, BiTask, UserError, get_task
-from .train import (FULL_FT_DELTA_RANK, _to_cpu, autocast, environment, eval_steps, full_ft_delta_factors,
+from .train import (FULL_FT_DELTA_RANK, _to_cpu, autocast, environment, eval_steps, full_ft_delta_factors, train_steps,
                     linear_schedule, seed_everything, train_batches)
 
 RETRIEVAL_K = 10
@@ -315,7 +315,6 @@ def run(cfg: dict, out_dir: str | os.PathLike = "logs/adhoc", data_dir: str | No
     when = eval_steps(steps_per_epoch, cfg["epochs"], cfg["evals_per_epoch"])
     eval_bs = 256 if dev.type == "cuda" else 64
     history = {"train_loss": [], "evals": []}
-    status, reason, step = "ok", None, 0
 
     def eval_point(step: int) -> np.ndarray:
         """Dev metrics at the top level, validation metrics under "val"; returns the dev embeddings."""
@@ -328,26 +327,15 @@ def run(cfg: dict, out_dir: str | os.PathLike = "logs/adhoc", data_dir: str | No
     gen = torch.Generator().manual_seed(cfg["seed"])
     lengths = [len(x["input_ids"]) + len(y["input_ids"]) for x, y in zip(ra, rb)]
     E0 = E_last = eval_point(0)
+    def on_eval(step):
+        nonlocal E_last
+        E_last = eval_point(step)
+        return {bt.main_metric: f"{history['evals'][-1][bt.main_metric]:.3f}"}
+
     bar = tqdm(total=total, desc=rid, disable=not progress, mininterval=5, dynamic_ncols=True)
-    for epoch in range(cfg["epochs"]):
-        for idx in train_batches(lengths, bs, gen, cfg["group_by_length"]):
-            loss = pair_loss(model, pairs(idx))
-            if not torch.isfinite(loss):
-                status, reason = "failed", f"non-finite loss {loss.item()} at step {step + 1}"
-                break
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            history["train_loss"].append(round(loss.item(), 6))
-            bar.update(1)
-            if step in when:
-                E_last = eval_point(step)
-                bar.set_postfix({bt.main_metric: f"{history['evals'][-1][bt.main_metric]:.3f}",
-                                 "loss": f"{loss.item():.3f}"})
-        if status != "ok":
-            break
+    status, reason, step = train_steps(
+        lambda idx: pair_loss(model, pairs(idx)), lambda: train_batches(lengths, bs, gen, cfg["group_by_length"]),
+        cfg["epochs"], optimizer, scheduler, when, on_eval, history, bar)
     bar.close()
 
     factors_file = out / f"{rid}.safetensors"

@@ -134,23 +134,32 @@ def readme_results(spec_path) -> str:
     return "\n".join(text)
 
 
+def replace_block(path, begin: str, end: str, text: str) -> bool | None:
+    """Replace what stands between the marker lines ``begin`` and ``end`` in the file ``path`` with ``text``;
+    atomic; returns whether the file changed, or None when the markers are missing."""
+    path = Path(path)
+    old = path.read_text()
+    i, j = old.find(begin), old.find(end)
+    if i < 0 or j < i:
+        return None
+    new = old[:i + len(begin)] + "\n" + text + "\n" + old[j:]
+    if new == old:
+        return False
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(new)
+    os.replace(tmp, path)
+    return True
+
+
 def update_readme(readme, spec_path) -> bool:
     """Replace the text between :data:`README_BEGIN` and :data:`README_END` in ``readme`` with
     :func:`readme_results`; atomic; returns whether the file changed."""
     from .tasks import UserError
 
-    readme = Path(readme)
-    old = readme.read_text()
-    i, j = old.find(README_BEGIN), old.find(README_END)
-    if i < 0 or j < i:
+    changed = replace_block(readme, README_BEGIN, README_END, readme_results(spec_path))
+    if changed is None:
         raise UserError(f"{readme}: no '{README_BEGIN}' ... '{README_END}' block to replace")
-    new = old[:i + len(README_BEGIN)] + "\n" + readme_results(spec_path) + "\n" + old[j:]
-    if new == old:
-        return False
-    tmp = readme.with_name(f".{readme.name}.tmp")
-    tmp.write_text(new)
-    os.replace(tmp, readme)
-    return True
+    return changed
 
 
 def headline_figure(log_dir) -> str:

@@ -203,7 +203,10 @@ def grid_wall_time(log_dir) -> dict:
     for lg in logs:
         per_task[lg["config"]["task"]].append(lg["wall_time_s"])
     env = logs[0]["env"] if logs else {}
-    return {"runs": len(logs), "hours": sum(lg["wall_time_s"] for lg in logs) / 3600,
+    from datetime import datetime
+    ends = [datetime.strptime(lg["finished_at"], "%Y-%m-%dT%H:%M:%S%z").timestamp() for lg in logs]
+    span = (max(ends) - min(e - lg["wall_time_s"] for e, lg in zip(ends, logs))) / 60 if logs else 0.0
+    return {"runs": len(logs), "hours": sum(lg["wall_time_s"] for lg in logs) / 3600, "span_minutes": span,
             "median_s": {t: statistics.median(v) for t, v in per_task.items()},
             "device": env.get("gpu") or env.get("cpu"), "torch": env.get("torch")}
 
@@ -247,23 +250,13 @@ def readme_block(log_dir, sweep_dir) -> str:
         f"Protocol v2 (`configs/v2_sweep.yaml` → `configs/v2.yaml`): each method at the learning rate selected on a "
         f"validation split held out of train, {max(c['n'] for c in comps)} seeds, final dev metric (mean ± std (n)); "
         f"{wall_sweep['runs']} sweep + {wall['runs']} final runs, {wall['hours'] + wall_sweep['hours']:.2f} h of run "
-        f"time on one {wall['device']}.", "", *lines, "",
+        f"time summed over runs, {wall['span_minutes'] + wall_sweep['span_minutes']:.0f} minutes of wall-clock time on one "
+        f"{wall['device']} (several runs at once).", "", *lines, "",
         f"Findings (paired by seed, 95 % t interval, Holm-adjusted p < 0.05 over the {len(comps)} comparisons of the "
         "book's chapter *Each init at its own learning rate*):", "", findings_markdown(comps)])
 
 
 def update_readme_block(readme, log_dir, sweep_dir) -> bool:
     """Replace the text between :data:`V2_BEGIN` and :data:`V2_END`; atomic; whether it changed."""
-    import os
-    readme = Path(readme)
-    old = readme.read_text()
-    i, j = old.find(V2_BEGIN), old.find(V2_END)
-    if i < 0 or j < i:
-        return False
-    new = old[:i + len(V2_BEGIN)] + "\n" + readme_block(log_dir, sweep_dir) + "\n" + old[j:]
-    if new == old:
-        return False
-    tmp = readme.with_name(f".{readme.name}.tmp")
-    tmp.write_text(new)
-    os.replace(tmp, readme)
-    return True
+    from .book import replace_block
+    return bool(replace_block(readme, V2_BEGIN, V2_END, readme_block(log_dir, sweep_dir)))

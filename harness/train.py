@@ -206,32 +206,23 @@ def run(cfg: dict, out_dir: str | os.PathLike = "logs/adhoc", data_dir: str | No
         return e
 
     history = {"train_loss": [], "evals": []}
-    status, reason, step = "ok", None, 0
     gen = torch.Generator().manual_seed(cfg["seed"])
     lengths = [len(r["input_ids"]) for r in train_rows]
     history["evals"].append(evaluation(0))
+
+    def loss_of(idx):
+        batch = {k: v.to(dev) for k, v in collate(tok, [train_rows[i] for i in idx]).items()}
+        with autocast(precision, dev):
+            return model(**batch).loss
+
+    def on_eval(step):
+        history["evals"].append(evaluation(step))
+        return {task.main_metric: f"{history['evals'][-1][task.main_metric]:.3f}"}
+
     bar = tqdm(total=total, desc=rid, disable=not progress, mininterval=5, dynamic_ncols=True)
-    for epoch in range(cfg["epochs"]):
-        for idx in train_batches(lengths, cfg["batch_size"], gen, cfg["group_by_length"]):
-            batch = {k: v.to(dev) for k, v in collate(tok, [train_rows[i] for i in idx]).items()}
-            with autocast(precision, dev):
-                loss = model(**batch).loss
-            if not torch.isfinite(loss):
-                status, reason = "failed", f"non-finite loss {loss.item()} at step {step + 1}"
-                break
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            history["train_loss"].append(round(loss.item(), 6))
-            bar.update(1)
-            if step in when:
-                m = evaluation(step)
-                history["evals"].append(m)
-                bar.set_postfix({task.main_metric: f"{m[task.main_metric]:.3f}", "loss": f"{loss.item():.3f}"})
-        if status != "ok":
-            break
+    status, reason, step = train_steps(
+        loss_of, lambda: train_batches(lengths, cfg["batch_size"], gen, cfg["group_by_length"]), cfg["epochs"],
+        optimizer, scheduler, when, on_eval, history, bar)
     bar.close()
 
     factors_file = out / f"{rid}.safetensors"
@@ -273,6 +264,30 @@ def run(cfg: dict, out_dir: str | os.PathLike = "logs/adhoc", data_dir: str | No
         log["init"] = init_info
     write_json_atomic(out / f"{rid}.json", log)
     return log
+
+
+def train_steps(loss_of, epoch_batches, epochs: int, optimizer, scheduler, when: set[int], on_eval, history: dict,
+                bar) -> tuple[str, str | None, int]:
+    """The optimisation loop every run kind shares: for each epoch's batches (``epoch_batches()`` → index
+    lists), ``loss_of(idx)`` → backward → AdamW step → lr schedule; the loss of each step goes to
+    ``history["train_loss"]``; after the steps in ``when``, ``on_eval(step)`` (which logs its evaluation and
+    returns what the progress bar shows).  Stops at the first non-finite loss.  Returns (status, reason, steps)."""
+    step = 0
+    for _ in range(epochs):
+        for idx in epoch_batches():
+            loss = loss_of(idx)
+            if not torch.isfinite(loss):
+                return "failed", f"non-finite loss {loss.item()} at step {step + 1}", step
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            history["train_loss"].append(round(loss.item(), 6))
+            bar.update(1)
+            if step in when:
+                bar.set_postfix({**on_eval(step), "loss": f"{loss.item():.3f}"})
+    return "ok", None, step
 
 
 def init_batches(rows: list[dict], tok, cfg: dict, device: torch.device):
