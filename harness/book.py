@@ -18,6 +18,13 @@ def logs_root() -> Path:
     return Path(os.environ.get("STUDY_LOGS", ROOT / "logs"))
 
 
+def grid_logs(name: str) -> Path:
+    """The logs of grid ``name``: under ``STUDY_LOGS`` when that has them, else the committed ``logs/<name>``
+    (so a book built from a smoke grid still shows the committed round-2 chapters)."""
+    p = logs_root() / name
+    return p if p.is_dir() else ROOT / "logs" / name
+
+
 def figures_root() -> Path:
     return Path(os.environ.get("STUDY_FIGURES", ROOT / "figures"))
 

@@ -53,6 +53,7 @@ def load_model_and_tokenizer(model_id: str, num_labels: int, seed: int, train_te
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()   # "newly initialized classifier" is expected here
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar on stderr (notebooks, book pages)
     torch.manual_seed(seed)
     if model_id == "tiny-roberta":
         if train_texts is None:
