@@ -25,6 +25,12 @@ def grid_logs(name: str) -> Path:
     return p if p.is_dir() else ROOT / "logs" / name
 
 
+def log_file(name: str) -> Path:
+    """A file of ``logs/`` (e.g. a benchmark's JSON), under ``STUDY_LOGS`` when there, else the committed one."""
+    p = logs_root() / name
+    return p if p.exists() else ROOT / "logs" / name
+
+
 def figures_root() -> Path:
     return Path(os.environ.get("STUDY_FIGURES", ROOT / "figures"))
 

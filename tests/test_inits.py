@@ -365,7 +365,8 @@ def train_steps(model, steps=3, lr=3e-2):
     return model.eval()
 
 
-@pytest.mark.parametrize("init,rslora", [(i, False) for i in EXTRA_INITS] + [("corda", True), ("eva", True)])
+# svd_seed needs a square W (this net has none): tests/test_protocol_v2.py covers it
+@pytest.mark.parametrize("init,rslora", [(i, False) for i in EXTRA_INITS if i != "svd_seed"] + [("corda", True), ("eva", True)])
 def test_merge_unmerge_save_load(init, rslora, tmp_path):
     model, original = ours(init, rslora=rslora), make_net(0)
     A_init = {n: l.lora_A.detach().clone() for n, l in lora_layers(model).items()}
