@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 from .tasks import order_tasks, task_label
 
 ROOT = Path(__file__).resolve().parent.parent
+# Book pages run in a kernel without ipywidgets: tqdm.auto (imported by transformers) warns on stderr, which
+# the -W build would turn into an error; the pages show no progress bars anyway.
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 
 def logs_root() -> Path:
