@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 import os
-import resource
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -47,10 +46,9 @@ import lora
 
 from .config import config_hash, run_id
 from .data import HUB_ID, load_task_data, split_validation
-from .logs import write_json_atomic
 from .models import load_model_and_tokenizer
 from .tasks import BI_TASKS, TASKS, BiTask, UserError, get_task
-from .train import (FULL_FT_DELTA_RANK, _to_cpu, autocast, environment, eval_steps, full_ft_delta_factors, train_steps,
+from .train import (FULL_FT_DELTA_RANK, _to_cpu, autocast, eval_steps, full_ft_delta_factors, train_steps, finish_log,
                     linear_schedule, seed_everything, train_batches)
 
 RETRIEVAL_K = 10
@@ -360,15 +358,6 @@ def run(cfg: dict, out_dir: str | os.PathLike = "logs/adhoc", data_dir: str | No
         "best": max(evals, key=finite),
         # mean cosine between the step-0 and the last evaluation's unit embeddings of the distinct dev sentences
         "embedding_shift": float(np.mean(np.sum(E0 * E_last, axis=1))),
-        "params": {"trainable": sum(p.numel() for _, p in params), "total": sum(p.numel() for p in model.parameters())},
         "factors_file": factors_file.name if status == "ok" and save_factors else None,
-        "wall_time_s": round(time.time() - t0, 2),
-        "peak_memory_bytes": (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
-                              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024),
-        "env": environment(dev),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    if init_info:
-        log["init"] = init_info
-    write_json_atomic(out / f"{rid}.json", log)
-    return log
+    return finish_log(log, out, t0, dev, params, model, init_info)

@@ -252,17 +252,25 @@ def run(cfg: dict, out_dir: str | os.PathLike = "logs/adhoc", data_dir: str | No
         "history": history,
         "final": {k: v for k, v in evals[-1].items()} if evals else None,
         "best": max(evals, key=lambda e: e[main]) if evals else None,
-        "params": {"trainable": sum(p.numel() for _, p in params), "total": sum(p.numel() for p in model.parameters())},
         "factors_file": factors_file.name if write_factors else None,
+    }
+    return finish_log(log, out, t0, dev, params, model, init_info)
+
+
+def finish_log(log: dict, out: Path, t0: float, dev: torch.device, params, model, init_info: dict | None) -> dict:
+    """Complete a run log with what every run kind records (parameter counts, wall time, peak memory,
+    environment, finish time, the data-aware init's cost) and write it atomically, last; return it."""
+    log.update({
+        "params": {"trainable": sum(p.numel() for _, p in params), "total": sum(p.numel() for p in model.parameters())},
         "wall_time_s": round(time.time() - t0, 2),
         "peak_memory_bytes": (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
                               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024),
         "env": environment(dev),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    })
     if init_info:
         log["init"] = init_info
-    write_json_atomic(out / f"{rid}.json", log)
+    write_json_atomic(out / f"{log['run_id']}.json", log)
     return log
 
 
