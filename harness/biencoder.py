@@ -48,7 +48,7 @@ from .config import config_hash, run_id
 from .data import HUB_ID, load_task_data, split_validation
 from .models import load_model_and_tokenizer
 from .tasks import BI_TASKS, TASKS, BiTask, UserError, get_task
-from .train import (FULL_FT_DELTA_RANK, _to_cpu, autocast, eval_steps, full_ft_delta_factors, train_steps, finish_log,
+from .train import (FULL_FT_DELTA_RANK, _to_cpu, autocast, eval_steps, full_ft_delta_factors, train_steps, finish_log, make_optimizer,
                     linear_schedule, seed_everything, train_batches)
 
 RETRIEVAL_K = 10
@@ -300,12 +300,7 @@ def run(cfg: dict, out_dir: str | os.PathLike = "logs/adhoc", data_dir: str | No
                       stats=stats, rslora=bool(cfg.get("rslora")))
     model.to(dev).train()
 
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    no_decay = lambda n: n.endswith("bias") or "LayerNorm" in n or "layer_norm" in n
-    optimizer = torch.optim.AdamW([
-        {"params": [p for n, p in params if not no_decay(n)], "weight_decay": cfg["weight_decay"]},
-        {"params": [p for n, p in params if no_decay(n)], "weight_decay": 0.0}], lr=cfg["lr"],
-        fused=dev.type == "cuda")
+    params, optimizer = make_optimizer(model, cfg, dev)
     steps_per_epoch = math.ceil(len(train_ex) / bs)
     total = steps_per_epoch * cfg["epochs"]
     warmup = max(1, round(cfg["warmup_ratio"] * total))

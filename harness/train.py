@@ -185,12 +185,7 @@ def run(cfg: dict, out_dir: str | os.PathLike = "logs/adhoc", data_dir: str | No
                       keep_trainable=cfg["head"], stats=stats, rslora=bool(cfg.get("rslora")))
     model.to(dev).train()
 
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    no_decay = lambda n: n.endswith("bias") or "LayerNorm" in n or "layer_norm" in n
-    optimizer = torch.optim.AdamW([
-        {"params": [p for n, p in params if not no_decay(n)], "weight_decay": cfg["weight_decay"]},
-        {"params": [p for n, p in params if no_decay(n)], "weight_decay": 0.0}], lr=cfg["lr"],
-        fused=dev.type == "cuda")       # one kernel for the whole update on a GPU; same math
+    params, optimizer = make_optimizer(model, cfg, dev)
     steps_per_epoch = math.ceil(len(train_rows) / cfg["batch_size"])
     total = steps_per_epoch * cfg["epochs"]
     warmup = max(1, round(cfg["warmup_ratio"] * total))
@@ -272,6 +267,18 @@ def finish_log(log: dict, out: Path, t0: float, dev: torch.device, params, model
         log["init"] = init_info
     write_json_atomic(out / f"{log['run_id']}.json", log)
     return log
+
+
+def make_optimizer(model, cfg: dict, dev: torch.device):
+    """(trainable (name, parameter) pairs, AdamW) with weight decay on all but biases and LayerNorms;
+    fused into one kernel on a GPU (same math)."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    no_decay = lambda n: n.endswith("bias") or "LayerNorm" in n or "layer_norm" in n
+    optimizer = torch.optim.AdamW([
+        {"params": [p for n, p in params if not no_decay(n)], "weight_decay": cfg["weight_decay"]},
+        {"params": [p for n, p in params if no_decay(n)], "weight_decay": 0.0}], lr=cfg["lr"],
+        fused=dev.type == "cuda")
+    return params, optimizer
 
 
 def train_steps(loss_of, epoch_batches, epochs: int, optimizer, scheduler, when: set[int], on_eval, history: dict,
