@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     g.add_argument("--kernel", default="python3")
     g.add_argument("--out-dir", help="where logs go (default: the spec's out_dir)")
     g.add_argument("--workers", type=int, help="runs at once, each in its own process (default: the spec's, else 1)")
-    g.add_argument("--executor", choices=("notebook", "process"),
+    g.add_argument("--executor",
                    help="notebook: papermill executes notebooks/train.ipynb per run (the record of each run); "
                         "process: call the training function directly (no kernel start-up). Default: the spec's, else notebook")
     g.add_argument("--threads", type=int, help="torch threads per worker (default: CPU count / workers)")

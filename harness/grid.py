@@ -33,13 +33,10 @@ from .config import config_hash, make_config, run_id
 from .logs import read_log, write_json_atomic
 from .lock import GridLock
 from .tasks import UserError
-from .validate import validate_spec
+from .validate import EXECUTORS, SPEC_KEYS, validate_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_NOTEBOOK = ROOT / "notebooks" / "train.ipynb"
-SPEC_KEYS = {"name", "preset", "out_dir", "tasks", "methods", "seeds", "overrides", "vary", "blocks", "description",
-             "workers", "executor", "save_factors", "compact_factors", "lr_from", "extend_lr_edges"}
-EXECUTORS = ("notebook", "process")
 
 
 def load_spec(path: str | os.PathLike) -> dict:
@@ -200,7 +197,6 @@ def _execute(cfg: dict, out: str, data_dir: str | None, device: str | None, exec
     if threads:
         import torch
         torch.set_num_threads(threads)
-    status = "failed"
     try:
         if executor == "process":
             from .train import run
@@ -222,7 +218,7 @@ def _execute(cfg: dict, out: str, data_dir: str | None, device: str | None, exec
     finally:
         _IN_RUN = False
     log = read_log(out / f"{rid}.json")
-    return "done" if log and log["status"] == "ok" else status
+    return "done" if log and log["status"] == "ok" else "failed"
 
 
 def _execute_notebook(cfg, out: Path, data_dir, device, kernel, options, t0) -> None:
@@ -290,10 +286,11 @@ def run_grid(spec: dict, data_dir: str | None = None, device: str | None = None,
             first = True
             while True:
                 configs = expand(spec, out)
-                for c in configs:
-                    result.setdefault(run_id(c), run_status(c, out))
-                todo = [c for c in configs if run_status(c, out) == "todo"
-                        or (retry_failed and first and run_status(c, out) == "failed")]
+                status = {run_id(c): run_status(c, out) for c in configs}     # each log read once per pass
+                for rid, st in status.items():
+                    result.setdefault(rid, st)
+                todo = [c for c in configs if status[run_id(c)] == "todo"
+                        or (retry_failed and first and status[run_id(c)] == "failed")]
                 if first or todo:
                     print(f"grid {spec['name']}: {len(configs)} runs, {len(configs) - len(todo)} already logged, "
                           f"{len(todo)} to run → {out}" + (f" ({workers} workers, {executor})" if workers > 1 else ""),

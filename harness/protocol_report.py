@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .logs import read_logs
 from .protocol import selection_table
-from .stats import mean_sd, paired, with_holm
+from .stats import format_mean_std, mean_sd, paired, with_holm
 from .tasks import order_tasks, task_label
 
 METHOD_ORDER = ("full", "random", "svd", "svd_naive", "svd_seed", "lora_fa", "lora_fa_svd")
@@ -79,10 +79,9 @@ def final_table(log_dir, sweep_dir) -> "pd.DataFrame":
         row = {"method": method}
         for task in runs.tasks():
             lr = lrs.get((task, method))
-            mu, sd, n = mean_sd(runs.values(task, method, lr).values()) if lr else (float("nan"),) * 2 + (0,)
             row[f"{task_label(task)} lr"] = f"{lr:g}" if lr else "–"
-            row[f"{task_label(task)} ({runs.logs[0]['task']['main_metric'] if False else _metric(runs, task)})"] = (
-                f"{mu:.3f} ± {sd:.3f} (n={n})" if n else "–")
+            row[f"{task_label(task)} ({_metric(runs, task)})"] = (
+                format_mean_std(*mean_sd(runs.values(task, method, lr).values())) if lr else "–")
         rows.append(row)
     rows.append({"method": "majority class", **{f"{task_label(t)} ({_metric(runs, t)})": f"{runs.majority(t):.3f}"
                                                 for t in runs.tasks()}})

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .stats import format_mean_std
 from .tasks import order_tasks, task_label
 
 DPI = 130
@@ -308,15 +309,6 @@ def _varying_keys(df) -> list[str]:
         if k in df.columns and (df.groupby(["task", "method"])[k].nunique(dropna=True) > 1).any():
             keys.append(k)
     return keys
-
-
-def format_mean_std(mean: float, std: float, n: int, digits: int = 3) -> str:
-    """``"0.812 ± 0.011 (n=3)"``; one value: ``"0.812 (n=1)"``; none: ``"n/a (n=0)"``."""
-    if n == 0 or not np.isfinite(mean):
-        return f"n/a (n={n})"
-    if n == 1 or not np.isfinite(std):
-        return f"{mean:.{digits}f} (n={n})"
-    return f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})"
 
 
 def summary_table(log_dir, fig_dir=None, name: str | None = None) -> "pd.DataFrame":

@@ -65,6 +65,15 @@ def mean_sd(values) -> tuple[float, float, int]:
     return (float(v.mean()) if len(v) else math.nan, float(v.std(ddof=1)) if len(v) > 1 else math.nan, len(v))
 
 
+def format_mean_std(mean: float, std: float, n: int, digits: int = 3) -> str:
+    """``"0.812 ± 0.011 (n=3)"``; one value: ``"0.812 (n=1)"``; none: ``"n/a (n=0)"``."""
+    if n == 0 or not np.isfinite(mean):
+        return f"n/a (n={n})"
+    if n == 1 or not np.isfinite(std):
+        return f"{mean:.{digits}f} (n={n})"
+    return f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})"
+
+
 def spearman_ci(x, y, n_boot: int = 2000, seed: int = 0) -> dict:
     """Spearman's ρ of (x, y) with a 95 % percentile bootstrap interval (resampling pairs)."""
     x, y = np.asarray(x, float), np.asarray(y, float)

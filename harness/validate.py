@@ -152,6 +152,7 @@ CONFIG_RULES: dict[str, Rule] = {
 ADAPTER_ONLY = frozenset({"rank", "alpha", "dropout", "targets", "svd_method", "niter", "rslora", "init_batches"})
 
 # Grid spec keys (harness.grid); "overrides", "vary" and "blocks" are checked by validate_spec itself.
+EXECUTORS = ("notebook", "process")     # how the grid runs a config (harness.grid.run_grid)
 SPEC_RULES: dict[str, Rule] = {
     "name": TEXT,
     "description": STRING,
@@ -162,7 +163,7 @@ SPEC_RULES: dict[str, Rule] = {
     "compact_factors": BOOL,
     "lr_from": TEXT,
     "extend_lr_edges": Int(0),
-    "executor": Choice("notebook", "process"),
+    "executor": Choice(*EXECUTORS),
 }
 SPEC_LISTS = ("tasks", "methods", "seeds")
 SPEC_KEYS = frozenset({*SPEC_RULES, *SPEC_LISTS, "overrides", "vary", "blocks"})

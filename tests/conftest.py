@@ -87,3 +87,14 @@ def hub_fixture(tmp_path_factory) -> Path:
     return write_hub_fixture(tmp_path_factory.mktemp("hub_fixture"))
 
 # ============================================================================ end harness fixtures
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: one torch thread avoids OpenMP oversubscription on a shared machine; restored afterwards.
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -23,12 +23,7 @@ TARGETS = ("fc1", "fc2")
 D_IN, D_H, D_OUT = 6, 6, 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tests/conftest.py
 
 
 # ----------------------------------------------------------------------------- tiny model and data

@@ -25,13 +25,7 @@ from lora import (INIT_METHODS, LoRALinear, add_lora, delta_factors, export_peft
 RANK, ALPHA = 4, 8.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread avoids OpenMP oversubscription on a shared machine; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tests/conftest.py
 
 # ----------------------------------------------------------------------------- tiny models and data
 ROBERTA_KW = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
