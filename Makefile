@@ -1,5 +1,5 @@
 # The study, end to end.  Two entry points (see README):
-#   make study   install, run the default grid through papermill, analyse, build the book
+#   make study   install, run the grids of GRIDS (skips logged runs), figures + README blocks, build the book
 #   make test    install, run the test suite (tiny models and fixtures; CI runs this)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -12,6 +12,7 @@ MATHJAX := book/_static/mathjax/tex-chtml.js
 .PHONY: study install grid figures book test bench clean-book
 
 study: install grid figures book
+	@echo "The book: book/_build/html/index.html. The notebooks: $(VENV)/bin/jupyter lab notebooks/"
 
 install: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -27,7 +28,8 @@ grid: install
 	for spec in $(GRIDS); do GLUE_DIR=$(GLUE_DIR) $(PY) -m harness grid $$spec \
 	  || echo "$$spec: some runs failed; their logs say why (the book lists them)"; done
 
-# Figures and tables under figures/, and README's result table, are pure functions of logs/ (no training).
+# Figures and tables under figures/<grid>/, and README's generated blocks, are pure functions of logs/ (no
+# training): a rerun rewrites them byte for byte, so `git status` stays clean.  Every path is from the repo root.
 figures: install
 	$(PY) -m harness figures --logs logs --out figures
 	$(PY) -m harness readme configs/quick.yaml

@@ -41,7 +41,6 @@ MRPC-like batches (32 × 75 random token ids, attention mask of ones), LoRA rank
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -58,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import lora  # noqa: E402
+from harness.logs import write_json_atomic  # noqa: E402
 from harness.train import cpu_model  # noqa: E402
 
 BATCH, SEQ_LEN, RANK, ALPHA, DROPOUT = 32, 75, 8, 16.0, 0.1
@@ -226,10 +226,7 @@ def rel(a: float, b: float) -> float:
 
 
 def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_json_atomic(path, data, indent=2)
 
 
 def main() -> None:

@@ -1,4 +1,8 @@
-"""Command line: ``python -m harness {run,grid,status,figures,readme,planted}``.  ``-h`` on each for its options."""
+"""Command line: ``python -m harness {run,grid,status,figures,readme,planted}``.  ``-h`` on each for its options.
+
+Relative paths (grid specs, --out-dir, --out, --logs, --readme, --data-dir and $GLUE_DIR) are taken from
+the repository root, not the current directory: every command runs there ($STUDY_ROOT, if set, names
+another copy of the tree to use as the root; harness/paths.py)."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +10,10 @@ import json
 import sys
 from pathlib import Path
 
+from .paths import at_repo_root, repo_root
 from .tasks import UserError
+
+FROM_ROOT = " (relative paths: from the repository root, not the current directory)"
 
 
 def _value(text: str):
@@ -64,11 +71,11 @@ def _new_dirs(path: Path) -> list[Path]:
 
 
 def main(argv=None) -> int:
-    ap = _Parser(prog="python -m harness", description=__doc__)
+    ap = _Parser(prog="python -m harness", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     data = _Parser(add_help=False)
     data.add_argument("--data-dir", help="classic GLUE directory (<dir>/MRPC/train.tsv ...); default $GLUE_DIR, "
-                                         "else the Hugging Face hub")
+                                         "else the Hugging Face hub" + FROM_ROOT)
     data.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
 
     r = sub.add_parser("run", parents=[data], help="train one config directly (no notebook)")
@@ -77,13 +84,13 @@ def main(argv=None) -> int:
     r.add_argument("--preset", default="quick")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    r.add_argument("--out-dir", default="logs/adhoc")
+    r.add_argument("--out-dir", default="logs/adhoc", help="where the log goes (default: %(default)s)" + FROM_ROOT)
 
     g = sub.add_parser("grid", parents=[data], help="run a grid spec through papermill (resumable)")
-    g.add_argument("spec", help="e.g. configs/quick.yaml")
+    g.add_argument("spec", help="e.g. configs/quick.yaml" + FROM_ROOT)
     g.add_argument("--retry-failed", action="store_true", help="run again the configs whose log says failed")
     g.add_argument("--kernel", default="python3")
-    g.add_argument("--out-dir", help="where logs go (default: the spec's out_dir)")
+    g.add_argument("--out-dir", help="where logs go (default: the spec's out_dir)" + FROM_ROOT)
     g.add_argument("--workers", type=int, help="runs at once, each in its own process (default: the spec's, else 1)")
     g.add_argument("--executor",
                    help="notebook: papermill executes notebooks/train.ipynb per run (the record of each run); "
@@ -91,20 +98,21 @@ def main(argv=None) -> int:
     g.add_argument("--threads", type=int, help="torch threads per worker (default: CPU count / workers)")
 
     s = sub.add_parser("status", help="list a grid's runs: done, failed, todo")
-    s.add_argument("spec")
-    s.add_argument("--out-dir", help="where logs go (default: the spec's out_dir)")
+    s.add_argument("spec", help="e.g. configs/quick.yaml" + FROM_ROOT)
+    s.add_argument("--out-dir", help="where logs go (default: the spec's out_dir)" + FROM_ROOT)
 
     f = sub.add_parser("figures", help="rebuild figures/ and tables from logs/ (no training)")
-    f.add_argument("--logs", default="logs")
-    f.add_argument("--out", default="figures")
+    f.add_argument("--logs", default="logs", help="a directory of grids, one subdirectory each (default: %(default)s)"
+                                                  + FROM_ROOT)
+    f.add_argument("--out", default="figures", help="figures go to <out>/<grid>/ (default: %(default)s)" + FROM_ROOT)
 
     m = sub.add_parser("readme", help="rewrite README.md's result table from a grid's logs")
-    m.add_argument("spec", nargs="?", default="configs/quick.yaml")
-    m.add_argument("--readme", default=str(Path(__file__).resolve().parent.parent / "README.md"))
+    m.add_argument("spec", nargs="?", default="configs/quick.yaml", help="default: %(default)s" + FROM_ROOT)
+    m.add_argument("--readme", default="README.md", help="default: %(default)s" + FROM_ROOT)
 
     pl = sub.add_parser("planted", parents=[data], help="planted-update experiment: recover a known ΔW* "
                                                          "with each init (harness/planted.py)")
-    pl.add_argument("--out", default="logs/planted")
+    pl.add_argument("--out", default="logs/planted", help="default: %(default)s" + FROM_ROOT)
     pl.add_argument("--model", default="bundled:all-MiniLM-L6-v2")
     pl.add_argument("--subspaces", nargs="+", default=["top", "bottom", "random"])
     pl.add_argument("--inits", nargs="+", help="default: random svd svd_minor lora_fa lora_fa_svd olora "
@@ -127,6 +135,15 @@ def main(argv=None) -> int:
     except _ArgError as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
+    try:
+        with at_repo_root():        # relative paths in args and $GLUE_DIR are from the repository root
+            return _dispatch(args)
+    except UserError as e:          # $STUDY_ROOT names no directory
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args) -> int:
     try:
         if args.cmd == "run":
             from .config import make_config
@@ -180,10 +197,10 @@ def main(argv=None) -> int:
             print(", ".join(f"{v} {k}" for k, v in counts.items()))
             return 0
         if args.cmd == "readme":
-            from .book import update_readme
+            from .prose.readme import update_readme
             changed = update_readme(args.readme, args.spec)
-            from .protocol_report import update_readme_block
-            root = Path(__file__).resolve().parent.parent
+            from .prose.protocol import update_readme_block
+            root = repo_root()
             if (root / "logs" / "v2").is_dir() and (root / "logs" / "v2_sweep").is_dir():
                 changed |= update_readme_block(args.readme, root / "logs" / "v2", root / "logs" / "v2_sweep")
             print(f"{args.readme}: {'updated' if changed else 'unchanged'}")
@@ -203,8 +220,9 @@ def main(argv=None) -> int:
             print(f"{len(result) - len(failed)} done or skipped, {len(failed)} failed")
             return 1 if failed else 0
         if args.cmd == "figures":
-            from .report import build_all
-            build_all(args.logs, args.out)
+            from .plots.build import SCRATCH_GRIDS, build_all
+            own_logs = Path(args.logs).resolve() == (repo_root() / "logs").resolve()
+            build_all(args.logs, args.out, skip=SCRATCH_GRIDS if own_logs else ())
             return 0
     except UserError as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)

@@ -83,3 +83,52 @@ def write_hub_fixture(root: str | Path, tasks=FIXTURE_TASKS) -> Path:
         configs.append(f"- config_name: {task.hub_config}\n  data_files:\n" + "\n".join(files))
     (root / "README.md").write_text("---\nconfigs:\n" + "\n".join(configs) + "\n---\n# GLUE fixture\n")
     return root
+
+
+WRITABLE_TASKS = ("mrpc", "rte", "cola", "stsb")
+
+
+def main(argv=None) -> int:
+    """``python -m harness.fixtures DIR [--tasks ...] [--hub]``: write the fixture to DIR and say where."""
+    import argparse
+    import sys
+
+    from .paths import resolve
+    from .tasks import UserError, task_label
+
+    class OneLineParser(argparse.ArgumentParser):
+        def error(self, message):          # one line, like every harness command's errors
+            print(f"error: {self.prog}: {message} (see {self.prog} -h)", file=sys.stderr)
+            raise SystemExit(2)
+
+    ap = OneLineParser(prog="python -m harness.fixtures",
+                                 description="Write the synthetic GLUE fixture (what the smoke preset and the "
+                                             "tests train on) in the classic GLUE layout DIR/<TASK>/{train,dev}.tsv.")
+    ap.add_argument("dir", metavar="DIR", help="where to write it (relative paths: from the repository root)")
+    ap.add_argument("--tasks", nargs="+", default=list(FIXTURE_TASKS),
+                    help=f"default: {' '.join(FIXTURE_TASKS)}; valid: {' '.join(WRITABLE_TASKS)}")
+    ap.add_argument("--hub", action="store_true", help="write a local copy shaped like the nyu-mll/glue hub "
+                                                       "repository (parquet) instead")
+    args = ap.parse_args(argv)
+    try:
+        bad = [t for t in args.tasks if t not in WRITABLE_TASKS]
+        if bad:
+            raise UserError(f"unknown fixture task {bad[0]!r}; valid: {', '.join(WRITABLE_TASKS)}")
+        root = resolve(args.dir)
+        if root.exists() and not root.is_dir():
+            raise UserError(f"{args.dir!r} is a file; give a directory")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    tasks = tuple(dict.fromkeys(args.tasks))
+    (write_hub_fixture if args.hub else write_fixture)(root, tasks)
+    kind = "a local nyu-mll/glue copy" if args.hub else "the classic GLUE layout"
+    print(f"wrote the GLUE fixture ({', '.join(task_label(t) for t in tasks)}; {SIZES['train']} train and "
+          f"{SIZES['dev']} dev examples each) in {kind} to {root}")
+    if not args.hub:
+        print(f"train on it: python -m harness grid configs/smoke.yaml --data-dir {root}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

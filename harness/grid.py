@@ -89,8 +89,9 @@ def expand(spec: dict, out: Path | None = None) -> list[dict]:
 
 def _lr_chooser(sweep_path: str):
     """(task, method) → the lr selected on the validation split of the sweep at ``sweep_path``."""
+    from .paths import resolve
     from .protocol import select_lr
-    sweep = load_spec(ROOT / sweep_path if not Path(sweep_path).is_absolute() else sweep_path)
+    sweep = load_spec(resolve(sweep_path))
     sweep_out = grid_out_dir(sweep)
     todo = [c for c in expand(sweep, sweep_out) if run_status(c, sweep_out) == "todo"]
     if todo:
@@ -160,11 +161,10 @@ def failure_log(cfg: dict, reason: str, wall: float, status: str = "failed") -> 
 
 
 def grid_out_dir(spec: dict, out_dir: str | None = None) -> Path:
-    """Where a grid's logs go: ``out_dir`` if given (relative to the current directory), else the
-    spec's ``out_dir`` (relative to the project root)."""
-    if out_dir:
-        return Path(out_dir).resolve()
-    return ROOT / (spec.get("out_dir") or f"logs/{spec['name']}")
+    """Where a grid's logs go: ``out_dir`` if given, else the spec's ``out_dir``; a relative path is
+    taken from the repository root (:func:`harness.paths.resolve`), whatever the current directory."""
+    from .paths import resolve
+    return resolve(out_dir or spec.get("out_dir") or f"logs/{spec['name']}")
 
 
 class Interrupted(Exception):
@@ -295,6 +295,8 @@ def run_grid(spec: dict, data_dir: str | None = None, device: str | None = None,
                     print(f"grid {spec['name']}: {len(configs)} runs, {len(configs) - len(todo)} already logged, "
                           f"{len(todo)} to run → {out}" + (f" ({workers} workers, {executor})" if workers > 1 else ""),
                           flush=True)
+                if first and todo:
+                    _warn_slow_bf16(todo, device)
                 if not todo:
                     break
                 first = False
@@ -305,6 +307,19 @@ def run_grid(spec: dict, data_dir: str | None = None, device: str | None = None,
     finally:
         signal.signal(signal.SIGTERM, old_term)
     return result
+
+
+def _warn_slow_bf16(todo: list[dict], device: str | None) -> None:
+    """One line when bf16 runs are about to train on a CPU without native bf16 matmuls: oneDNN then
+    emulates them and a step is many times slower (measured 19x on an AVX2-only CPU; 0.64x of fp32 with
+    avx512_bf16).  On a GPU fp32 is faster at this model size too (benchmarks in book/speed.md)."""
+    if not any(c.get("precision") == "bf16" for c in todo):
+        return
+    import torch
+    if (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu") \
+            and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        print("warning: bf16 runs on a CPU without native bf16 (no avx512_bf16/amx): expect them to be many "
+              "times slower than fp32; set precision: fp32 in the spec", flush=True)
 
 
 def _run_todo(todo, out, data_dir, device, executor, kernel, options, workers, threads, progress, result):

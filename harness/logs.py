@@ -20,16 +20,28 @@ def _finite(obj):
     return obj
 
 
-def write_json_atomic(path: str | os.PathLike, obj) -> Path:
-    """Write to a temporary file beside ``path``, fsync, then rename: readers see all or nothing."""
+def write_atomic(path: str | os.PathLike, write) -> Path:
+    """The one atomic writer: ``write(tmp_path)`` fills a temporary file beside ``path`` (created with its
+    parent directories), which is then fsynced and renamed over ``path``: readers see all or nothing."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(_finite(obj), f, indent=1, allow_nan=False)
-        f.flush()
+    write(tmp)
+    with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
+
+
+def write_json_atomic(path: str | os.PathLike, obj, indent: int = 1) -> Path:
+    """``obj`` as JSON (non-finite floats as null), atomically (:func:`write_atomic`)."""
+    text = json.dumps(_finite(obj), indent=indent, allow_nan=False)
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """``text`` to ``path`` atomically (:func:`write_atomic`)."""
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def read_log(path: str | os.PathLike) -> dict | None:

@@ -108,6 +108,19 @@ def svd_seed_factors(W: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Te
     return B.to(W.dtype), A.to(W.dtype)
 
 
+def relative_delta_factors(B: torch.Tensor, A: torch.Tensor, B0: torch.Tensor | None = None,
+                           A0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one home of "ΔW relative to the original W" (unscaled): (B', A') with B'A' = BA, or, for a
+    residual init (base W − s·B₀A₀, pass ``B0``, ``A0``), B'A' = BA − B₀A₀ = [B, −B₀]·[A; A₀] (rank ≤ 2r).
+    ΔW = s·B'A'.  Used by :meth:`LoRALinear.delta_factors`, :func:`lora.load_delta_factors` and
+    :func:`lora.export_peft`."""
+    if (B0 is None) != (A0 is None):
+        raise ValueError("relative_delta_factors needs both B0 and A0 (a residual init) or neither")
+    if B0 is None:
+        return B, A
+    return torch.cat([B, -B0], 1), torch.cat([A, A0], 0)
+
+
 class LoRALinear(nn.Module):
     """A frozen ``nn.Linear`` plus a rank-r adapter: ``y = base(x) + s·dropout(x) Aᵀ Bᵀ``.
 
@@ -185,9 +198,8 @@ class LoRALinear(nn.Module):
         s·BA, except for residual inits (``RESIDUAL_INITS``) where it is s·BA − s·B₀A₀ = s·[B, −B₀]·[A; A₀]
         (rank ≤ 2r).  The scaling s is folded into B_eff.
         """
-        B, A = self.lora_B.detach(), self.lora_A.detach()
-        if self.residual:
-            return self.scaling * torch.cat([B, -self.lora_B0], 1), torch.cat([A, self.lora_A0], 0)
+        B, A = relative_delta_factors(self.lora_B.detach(), self.lora_A.detach(),
+                                      *((self.lora_B0, self.lora_A0) if self.residual else ()))
         return self.scaling * B, A
 
     def extra_repr(self) -> str:

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from .core import load_lora_state_dict, lora_config, lora_layers, lora_state_dict
+from .core import load_lora_state_dict, lora_config, lora_layers, lora_state_dict, relative_delta_factors
 
 
 def delta_factors(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -78,12 +78,9 @@ def load_delta_factors(path: str | os.PathLike) -> dict[str, tuple[torch.Tensor,
             U, S, V = (tensors[f"{name}.delta_{k}"].float() for k in "USV")
             out[name] = U * S, V.mT
             continue
-        A, B = tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"]
-        s = c["scaling"]
-        if c["residual"]:
-            out[name] = s * torch.cat([B, -tensors[f"{name}.lora_B0"]], 1), torch.cat([A, tensors[f"{name}.lora_A0"]], 0)
-        else:
-            out[name] = s * B, A
+        init = (tensors[f"{name}.lora_B0"], tensors[f"{name}.lora_A0"]) if c["residual"] else ()
+        B, A = relative_delta_factors(tensors[f"{name}.lora_B"], tensors[f"{name}.lora_A"], *init)
+        out[name] = c["scaling"] * B, A
     return out
 
 
@@ -192,9 +189,9 @@ def export_peft(model: nn.Module, out_dir: str | os.PathLike, base_model_name_or
     use_rslora = rslora.pop()
     ranks, alphas, tensors = {}, {}, {}
     for name, layer in layers.items():
-        B, A, r = layer.lora_B.detach(), layer.lora_A.detach(), layer.rank
-        if layer.residual:
-            B, A, r = torch.cat([B, -layer.lora_B0], 1), torch.cat([A, layer.lora_A0], 0), 2 * r
+        B, A = relative_delta_factors(layer.lora_B.detach(), layer.lora_A.detach(),
+                                      *((layer.lora_B0, layer.lora_A0) if layer.residual else ()))
+        r = A.shape[0]
         tensors[f"base_model.model.{name}.lora_A.weight"] = A.clone()
         tensors[f"base_model.model.{name}.lora_B.weight"] = B.clone()
         ranks[name], alphas[name] = r, layer.scaling * (math.sqrt(r) if use_rslora else r)

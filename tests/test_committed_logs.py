@@ -46,3 +46,17 @@ def test_every_committed_log_belongs_to_its_grid_spec(grid):
     assert not orphans, f"logs/{grid}: not configs of configs/{grid}.yaml: {orphans}"
     missing = sorted(set(cfgs) - {p.stem for p in logs})
     assert not missing, f"configs/{grid}.yaml: configs without a log: {missing[:5]}"
+
+
+def test_main_lr_is_the_protocol_selected_lr_in_grids_with_lr_from():
+    """A grid run at its sweep's selected lrs (lr_from) compares each method at that lr, not at an extra
+    lr block of the same size (v2's seed-claim block) nor at the r = 64 lr check (ranks)."""
+    from harness.analysis.runs import main_lr, runs_table
+    logs = Path(__file__).resolve().parents[1] / "logs"
+    if not (logs / "v2").is_dir() or not (logs / "ranks").is_dir():
+        pytest.skip("committed v2/ranks logs not present")
+    v2, ranks = runs_table(logs / "v2"), runs_table(logs / "ranks")
+    assert main_lr(v2, "mrpc", "svd_seed") == pytest.approx(1e-2)     # not the claim block's 1e-4
+    assert main_lr(v2, "mrpc", "lora_fa") == pytest.approx(3e-3)
+    assert main_lr(v2, "mrpc", "random") == pytest.approx(1e-3)
+    assert main_lr(ranks, "mrpc", "lora_fa_svd") == pytest.approx(3e-3)   # not the r = 64 check's 1e-3

@@ -1,5 +1,5 @@
-"""Numbers of the throughput chapter: the bf16/fp32 equivalence verdicts (harness/equivalence.py), the
-benchmark tables (harness/throughput.py) and the benchmark's projection to full-length runs
+"""Numbers of the throughput chapter: the bf16/fp32 equivalence verdicts (harness/analysis/equivalence.py), the
+benchmark tables (harness/analysis/throughput.py) and the benchmark's projection to full-length runs
 (benchmarks/run_throughput.py), on constructed inputs with hand-computed results."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.equivalence import (equivalence_table, precision_cells, seed_sd, seeds_needed, verdict,
+from harness.analysis.equivalence import (equivalence_table, precision_cells, seed_sd, seeds_needed, verdict,
                                  verdict_counts)
-from harness.throughput import lever_rows, logged_wall_times, per_run_rows, projection_rows
+from harness.analysis.throughput import lever_rows, logged_wall_times, per_run_rows, projection_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 T975_2 = 4.302652729749462          # t quantile 0.975 with 2 degrees of freedom
@@ -175,3 +175,27 @@ def test_benchmark_projection_from_measured_parts():
     assert row["T_d_s"] == pytest.approx(1.1 * T_1)
     assert row["ratio_b"] == pytest.approx((T_b + 10) / T_b)
     assert row["ratio_combined"] == pytest.approx(2 * (T_b + 10) / (1.1 * T_1))
+
+
+def test_round_one_logs_without_the_new_fields_pair_with_new_bf16_logs():
+    """A round-1 fp32 log lacks precision/rslora/val_fraction; a new bf16 log carries them at their legacy
+    values (precision aside): they are one cell, paired by seed."""
+    old = [mklog("mrpc", "random", s, v) for s, v in enumerate([0.76, 0.75, 0.77])]
+    new = [mklog("mrpc", "random", s, v, "bf16") for s, v in enumerate([0.77, 0.75, 0.77])]
+    for lg in new:
+        lg["config"].update(rslora=False, val_fraction=None, init_batches=None)
+    rows = equivalence_table(old + new)
+    assert len(rows) == 1 and rows[0]["n"] == 3
+    assert rows[0]["diff"] == pytest.approx(0.01 / 3)
+    new[0]["config"]["rslora"] = True            # a real difference in the config: no longer the same cell
+    assert [r["n"] for r in equivalence_table(old + new)] == [2]
+
+
+def test_full_run_rows_pair_configs_and_count_two_workers():
+    from harness.analysis.throughput import full_run_rows
+    ref = [mklog("mrpc", m, s, 0.7, wall=300.0 + s) for m in ("random", "svd") for s in range(3)]
+    ref.append(mklog("mrpc", "full", 0, 0.7, wall=999.0))          # no candidate: left out
+    cand = [mklog("mrpc", m, s, 0.7, "bf16", wall=400.0 + s) for m in ("random", "svd") for s in range(3)]
+    (row,) = full_run_rows(ref, cand)
+    assert row["n"] == 6 and row["reference_s"] == 301.0 and row["candidate_s"] == 401.0
+    assert row["ratio"] == pytest.approx(2 * 301.0 / 401.0)

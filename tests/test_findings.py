@@ -1,5 +1,5 @@
-"""Tests of harness.findings: paired-by-seed comparisons (against scipy), the points read off a dev
-curve, verdict wording, and the book's generated sentences on hand-made logs (no training)."""
+"""Tests of harness.analysis.findings and harness.prose.findings / .readme: paired-by-seed comparisons
+(against scipy), the points read off a dev curve, verdict wording, and the book's generated sentences on hand-made logs (no training)."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from harness import book, findings, report
+from harness import book
+from harness.analysis import findings as af
+from harness.analysis import spectra as asp
+from harness.plots import training
+from harness.prose import findings as pf
+from harness.prose import readme as pr
 from harness.config import make_config
 from test_report import make_log, write_logs
 
@@ -38,7 +43,7 @@ def grid_dir(tmp_path):
 def test_curve_points_read_the_dev_curve():
     lg = make_log("mrpc", "random", 0, final={"accuracy": 0.8}, n_evals=5, epochs=2)
     # evals at epochs 0, .5, 1, 1.5, 2 with accuracy 0.8·(i+1)/5, the last one = final
-    p = findings.curve_points(lg)
+    p = af.curve_points(lg)
     assert p["step0"] == pytest.approx(0.16)
     assert p["first"] == pytest.approx(0.32)                   # epoch 0.5
     assert p["epoch1"] == pytest.approx(0.48)                  # the evaluation at epoch 1.0
@@ -49,8 +54,8 @@ def test_curve_points_read_the_dev_curve():
 
 
 def test_paired_matches_scipy_and_drops_unpaired_seeds(grid_dir):
-    runs = findings.points_table(grid_dir)
-    c = findings.paired(runs, "mrpc", "random", "svd")
+    runs = af.points_table(grid_dir)
+    c = af.paired(runs, "mrpc", "random", "svd")
     a, b = np.array([RANDOM[s] for s in range(3)]), np.array([SVD[s] for s in range(3)])
     assert c["seeds"] == [0, 1, 2] and c["n"] == 3
     assert c["diff"] == pytest.approx((b - a).mean())
@@ -63,30 +68,30 @@ def test_paired_matches_scipy_and_drops_unpaired_seeds(grid_dir):
 
 def test_verdicts():
     base = dict(a="random", b="svd", diff=0.03, diff_std=0.005)
-    assert findings.verdict({**base, "n": 3, "p": 0.01, "wins": 3}).startswith("svd ahead of random in all 3 seeds")
-    assert findings.verdict({**base, "n": 3, "p": 0.01, "wins": 0, "diff": -0.03}).startswith("svd behind random")
+    assert pf.verdict({**base, "n": 3, "p": 0.01, "wins": 3}).startswith("svd ahead of random in all 3 seeds")
+    assert pf.verdict({**base, "n": 3, "p": 0.01, "wins": 0, "diff": -0.03}).startswith("svd behind random")
     # significant-looking p but the sign disagrees between seeds: not a finding
-    assert "not distinguishable" in findings.verdict({**base, "n": 3, "p": 0.04, "wins": 2})
-    assert "not distinguishable" in findings.verdict({**base, "n": 3, "p": 0.4, "wins": 3})
-    assert "no conclusion" in findings.verdict({**base, "n": 2, "p": math.nan, "wins": 2})
-    assert findings.verdict({**base, "n": 0, "p": math.nan, "wins": 0}) == "no shared seeds yet"
+    assert "not distinguishable" in pf.verdict({**base, "n": 3, "p": 0.04, "wins": 2})
+    assert "not distinguishable" in pf.verdict({**base, "n": 3, "p": 0.4, "wins": 3})
+    assert "no conclusion" in pf.verdict({**base, "n": 2, "p": math.nan, "wins": 2})
+    assert pf.verdict({**base, "n": 0, "p": math.nan, "wins": 0}) == "no shared seeds yet"
     # a loss: lower is better, so a negative difference puts b ahead
     loss = {**base, "quantity": "loss_epoch1", "n": 3, "p": 0.01}
-    assert findings.verdict({**loss, "diff": -0.03, "wins": 3}).startswith("svd ahead of random in all 3 seeds")
-    assert findings.verdict({**loss, "diff": 0.03, "wins": 0}).startswith("svd behind random")
+    assert pf.verdict({**loss, "diff": -0.03, "wins": 3}).startswith("svd ahead of random in all 3 seeds")
+    assert pf.verdict({**loss, "diff": 0.03, "wins": 0}).startswith("svd behind random")
 
 
 def test_paired_counts_a_lower_loss_as_a_win(grid_dir):
-    runs = findings.points_table(grid_dir)
+    runs = af.points_table(grid_dir)
     runs["loss_epoch1"] = 0.4
     rnd = (runs["task"] == "mrpc") & (runs["method"] == "random")
     runs.loc[rnd, "loss_epoch1"] = runs.loc[rnd, "seed"].map({0: 0.5, 1: 0.45, 2: 0.38})
-    c = findings.paired(runs, "mrpc", "random", "svd", "loss_epoch1")
+    c = af.paired(runs, "mrpc", "random", "svd", "loss_epoch1")
     assert c["diffs"] == pytest.approx([-0.1, -0.05, 0.02]) and c["wins"] == 2 and c["behind"] == 1
 
 
 def test_findings_markdown_states_computed_numbers(grid_dir, tmp_path):
-    text = findings.findings_markdown(grid_dir)
+    text = pf.findings_markdown(grid_dir)
     d = np.array([SVD[s] - RANDOM[s] for s in range(3)])
     assert f"{d.mean():+.3f} ± {d.std(ddof=1):.3f}" in text          # svd − random, final, paired
     assert "svd ahead of random in all 3 seeds" in text
@@ -99,9 +104,9 @@ def test_findings_markdown_states_computed_numbers(grid_dir, tmp_path):
 
 
 def test_brief_answers_each_question_on_the_tasks_that_learn(grid_dir):
-    runs = findings.points_table(grid_dir)
+    runs = af.points_table(grid_dir)
     chance = {"mrpc": False, "rte": True}
-    lines = findings.brief(runs, chance)
+    lines = pf.brief(runs, chance)
     text = "\n".join(lines)
     assert lines[0].startswith("**In brief** (on MRPC, where adapters learn")     # RTE (at chance) left out
     assert "RTE" not in text
@@ -113,51 +118,51 @@ def test_brief_answers_each_question_on_the_tasks_that_learn(grid_dir):
     svd = np.array([SVD[s] for s in range(3)])
     assert (f"seed-to-seed std {naive.std(ddof=1):.3f} against {svd.std(ddof=1):.3f} for svd" in text)
     assert "LoRA-FA" not in text and "smaller learning rates" not in text     # no such runs yet
-    assert findings.brief(runs, {"mrpc": True, "rte": True})[0].startswith("**In brief.** No adapter method")
+    assert pf.brief(runs, {"mrpc": True, "rte": True})[0].startswith("**In brief.** No adapter method")
 
 
 def test_short_names_the_side_most_seeds_are_on():
     c = dict(b="svd", n=3, p=0.4, wins=1, behind=2, diffs=[0.01, -0.02, -0.03], quantity="final")
-    assert findings._short(c) == "svd behind in 2/3 seeds, p = 0.40, n.s."
+    assert pf._short(c) == "svd behind in 2/3 seeds, p = 0.40, n.s."
     # a lower training loss is "ahead"
     loss = {**c, "quantity": "loss_epoch1", "wins": 2, "behind": 1}
-    assert findings._short(loss) == "svd ahead in 2/3 seeds, p = 0.40, n.s."
-    assert findings._short({**c, "n": 2}) == "2 shared seeds, no conclusion"
+    assert pf._short(loss) == "svd ahead in 2/3 seeds, p = 0.40, n.s."
+    assert pf._short({**c, "n": 2}) == "2 shared seeds, no conclusion"
 
 
 def test_comparison_and_lr_tables(grid_dir, tmp_path):
-    t = findings.comparison_table(grid_dir)
+    t = pf.comparison_table(grid_dir)
     row = t[(t["task"] == "mrpc") & (t["comparison"] == "svd − random") & (t["at"] == "final")].iloc[0]
     assert row["seeds"] == 3 and row["b ahead in"] == "3/3"
     assert set(t["comparison"]) == {"svd − random", "svd_naive − svd"}     # only pairs that have runs
-    assert len(findings.lr_table(grid_dir)) == 0                          # one lr: no lr block yet
+    assert len(pf.lr_table(grid_dir)) == 0                          # one lr: no lr block yet
     # add an lr block: random and svd at lr 1e-4 for seeds 0-2
     extra = [make_log("mrpc", m, s, final={"accuracy": v}, n_evals=5, lr=1e-4)
              for m, vals in (("random", {0: 0.70, 1: 0.71, 2: 0.69}), ("svd", {0: 0.75, 1: 0.77, 2: 0.74}))
              for s, v in vals.items()]
     write_logs(grid_dir, extra)
-    lt = findings.lr_table(grid_dir)
+    lt = pf.lr_table(grid_dir)
     assert sorted(set(lt["lr"])) == pytest.approx([1e-4, PRESET_LR])
     r = lt[(lt["lr"] == 1e-4) & (lt["at"] == "final")].iloc[0]
     assert r["svd − random (paired)"] == f"{np.mean([0.05, 0.06, 0.05]):+.3f} ± {np.std([0.05, 0.06, 0.05], ddof=1):.3f}"
     # the main comparison still uses the preset's lr, not the block's (random has 3 runs at each: a tie)
-    c = findings.paired(findings.points_table(grid_dir), "mrpc", "random", "svd")
+    c = af.paired(af.points_table(grid_dir), "mrpc", "random", "svd")
     assert c["lr_a"] == pytest.approx(PRESET_LR) and c["lr_b"] == pytest.approx(PRESET_LR) and c["n"] == 3
     head, _ = book.headline(grid_dir)
     assert head.loc[head["method"] == "random", "mrpc"].iloc[0].startswith(f"{np.mean(list(RANDOM.values())):.3f}")
     # the page's summary states the lr block too, one entry per learning rate
-    brief = "\n".join(findings.brief(findings.points_table(grid_dir), {"mrpc": False, "rte": True}))
+    brief = "\n".join(pf.brief(af.points_table(grid_dir), {"mrpc": False, "rte": True}))
     assert ("**And at smaller learning rates** (the original claim)? Final accuracy on MRPC, svd vs random and "
             "svd − random: lr 0.0001: 0.753 vs 0.700, +0.053") in brief
     assert f"lr {PRESET_LR:g}: 0.843 vs 0.810, +0.033" in brief and "(majority class 0.500)." in brief
 
 
 def test_differences_figure(grid_dir, tmp_path):
-    out = report.differences_figure(grid_dir, tmp_path / "fig")
+    out = training.differences_figure(grid_dir, tmp_path / "fig")
     entry = out["differences"]
     assert (tmp_path / "fig" / "differences.png").stat().st_size > 5000
     assert "mrpc-svd-" in " ".join(entry["runs"]) and "paired differences" in entry["caption"].lower()
-    assert not report.differences_figure(write_logs(tmp_path / "solo", _logs()[:1]), tmp_path / "fig2")
+    assert not training.differences_figure(write_logs(tmp_path / "solo", _logs()[:1]), tmp_path / "fig2")
 
 
 def test_spectra_sentences_average_the_chosen_tasks(tmp_path):
@@ -168,19 +173,35 @@ def test_spectra_sentences_average_the_chosen_tasks(tmp_path):
                                  ("mrpc", "random", 1.5, 0.02))]
     csv = tmp_path / "spectra.csv"
     pd.DataFrame(rows).to_csv(csv, index=False)
-    lines = findings.spectra_sentences(csv, ["mrpc"])
+    lines = pf.spectra_sentences(csv, ["mrpc"])
     assert "(MRPC)" in lines[0] and "0.021 for random subspaces" in lines[0]
     assert lines[1].startswith("- random: stable rank 1.50")                # method order: random before svd
     assert lines[2].startswith("- svd: stable rank 4.00, effective rank 8.0") and "input subspace 0.600" in lines[2]
-    assert "stable rank 36.00" in findings.spectra_sentences(csv)[2]       # all tasks: (3 + 5 + 100) / 3
+    assert "stable rank 36.00" in pf.spectra_sentences(csv)[2]       # all tasks: (3 + 5 + 100) / 3
+
+
+def test_spectra_sentences_pool_each_method_at_its_main_lr(tmp_path):
+    """A grid's extra lr block is not pooled into the spectra sentences, which name the runs and the lr."""
+    import pandas as pd
+    runs = pd.DataFrame([dict(task="mrpc", method=m, lr=lr, preset="quick", seed=s)
+                         for m, lr in (("random", 1e-3), ("svd", 1e-3), ("svd", 1e-4)) for s in range(3)])
+    rows = [dict(run_id=f"{m}-{lr:g}-{s}", task="mrpc", method=m, lr=lr, stable_rank=sr, effective_rank=1.0,
+                 energy_top1=0.5, overlap_right_top=0.1, overlap_left_top=0.1, overlap_random=8 / 384)
+            for m, lr, sr in (("random", 1e-3, 2.0), ("svd", 1e-3, 4.0), ("svd", 1e-4, 100.0)) for s in range(3)]
+    csv = tmp_path / "spectra.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    lines = pf.spectra_sentences(csv, ["mrpc"], runs)
+    assert lines[2].startswith("- svd: stable rank 4.00")                  # the lr-1e-4 block left out
+    assert "random: 3 runs at lr 0.001; svd: 3 runs at lr 0.001" in lines[0]
+    assert pf.spectra_sentences(csv, ["mrpc"])[2].startswith("- svd: stable rank 52.00")   # no runs: all pooled
 
 
 def test_convergence_figure_leaves_out_the_lr_block(grid_dir, tmp_path):
     extra = [make_log("mrpc", "random", s, final={"accuracy": 0.7}, n_evals=5, lr=1e-4) for s in range(3)]
     write_logs(grid_dir, extra)
-    runs = report.convergence_figure(grid_dir, tmp_path / "fig", "mrpc")["convergence_mrpc"]["runs"]
+    runs = training.convergence_figure(grid_dir, tmp_path / "fig", "mrpc")["convergence_mrpc"]["runs"]
     assert len(runs) == 10 and not any("lr1e-4" in r for r in runs)        # 3 random + 4 svd + 3 svd_naive
-    every = report.convergence_figure(grid_dir, tmp_path / "fig", "mrpc", main_lr_only=False)
+    every = training.convergence_figure(grid_dir, tmp_path / "fig", "mrpc", main_lr_only=False)
     assert len(every["convergence_mrpc"]["runs"]) == 13
 
 
@@ -234,7 +255,7 @@ def test_subspace_agreement_pairs_runs_that_differ_in_one_thing(tmp_path):
         lora.save_factors(d / lg["factors_file"], {n: _planted(ri, ro) for n in layers}, init=method)
         logs.append(lg)
     write_logs(d, logs)
-    t = report.subspace_agreement_table(d)
+    t = asp.subspace_agreement_table(d)
     assert len(t) == 2 and set(t["task"]) == {"mrpc"} and set(t["layers"]) == {2}
     assert not t["run_a"].str.contains("lr1e-4").any() and not t["run_b"].str.contains("lr1e-4").any()
     row = {(r.method_a, r.seed_a, r.method_b, r.seed_b): r for r in t.itertuples()}
@@ -248,11 +269,11 @@ def test_subspace_agreement_pairs_runs_that_differ_in_one_thing(tmp_path):
 
     csv = tmp_path / "subspaces.csv"
     t.to_csv(csv, index=False)
-    lines = findings.subspace_sentences(csv, ["mrpc"])
+    lines = pf.subspace_sentences(csv, ["mrpc"])
     assert "0.333 = independent random subspaces" in lines[0] and "(MRPC)" in lines[0]
     assert lines[1] == "- Same method, another seed: random 0.50 / 1.00."
     assert lines[2] == "- Same seed, another init: random vs svd 0.00 / 0.75."
-    assert findings.subspace_sentences(csv, ["rte"]) == []
+    assert pf.subspace_sentences(csv, ["rte"]) == []
 
 
 def test_readme_results_block_is_rewritten_from_the_logs(tmp_path):
@@ -286,19 +307,19 @@ def test_readme_results_block_is_rewritten_from_the_logs(tmp_path):
     write_logs(out, logs)
 
     readme = tmp_path / "README.md"
-    readme.write_text(f"# t\n\nbefore\n{book.README_BEGIN}\nstale\n{book.README_END}\nafter\n")
-    assert book.update_readme(readme, spec_path) is True
+    readme.write_text(f"# t\n\nbefore\n{pr.README_BEGIN}\nstale\n{pr.README_END}\nafter\n")
+    assert pr.update_readme(readme, spec_path) is True
     text = readme.read_text()
-    assert text.startswith("# t\n\nbefore\n") and text.endswith(f"{book.README_END}\nafter\n") and "stale" not in text
+    assert text.startswith("# t\n\nbefore\n") and text.endswith(f"{pr.README_END}\nafter\n") and "stale" not in text
     assert "**4 of 8 runs** logged (1 failed, reasons in their logs)" in text
     assert "| method | MRPC (accuracy) | CoLA (MCC) |" in text
     assert "| random | 0.720 ± 0.028 (n=2) | 0.200 (n=1) |" in text
     assert "| full fine-tuning | 0.800 (n=1) | – |" in text
     assert "| majority class | 0.684 | 0 |" in text
-    assert book.update_readme(readme, spec_path) is False                  # idempotent
+    assert pr.update_readme(readme, spec_path) is False                  # idempotent
     readme.write_text("# no block\n")
     with pytest.raises(UserError, match="no '<!-- results:begin"):
-        book.update_readme(readme, spec_path)
+        pr.update_readme(readme, spec_path)
 
 
 def test_readme_results_add_the_lr_comparison(tmp_path):
@@ -321,7 +342,7 @@ def test_readme_results_add_the_lr_comparison(tmp_path):
         lg["config_hash"] = config_hash(c)
         logs.append(lg)
     write_logs(out, logs)
-    text = book.readme_results(tmp_path / "lrs.yaml")
+    text = pr.readme_results(tmp_path / "lrs.yaml")
     assert "**8 of 8 runs** logged." in text
     assert "| random | 0.710 ± 0.014 (n=2) |" in text                       # the preset's lr only
     assert "| 0.0001 | 0.610 ± 0.014 | 0.715 ± 0.021 | +0.105 ± 0.007 | 2/2 |" in text

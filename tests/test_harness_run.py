@@ -287,12 +287,15 @@ def test_grid_killed_and_restarted_completes(tmp_path, subprocess_env, repo_root
         assert re.search(rf"^{'done' if rid in first else 'todo'}\s+{re.escape(rid)}$", stdout, re.M)
 
     # restart (the CLI in this process: the kernels are subprocesses anyway), from another directory
-    # with relative paths: runs only what is missing
+    # with relative paths, which are taken from the study's root ($STUDY_ROOT here): runs only what is missing
     from harness.__main__ import main
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(glue)
+    monkeypatch.setenv("STUDY_ROOT", str(tmp_path))
     capsys.readouterr()
     rc = main(["grid", "grid.yaml", "--data-dir", "glue"])
     stdout, stderr = capsys.readouterr()
+    assert Path.cwd() == glue                                              # the CLI gives the cwd back
+    monkeypatch.delenv("STUDY_ROOT")
     monkeypatch.chdir(repo_root)
     assert rc == 1, stdout[-3000:] + stderr[-3000:]                        # 1: a run failed
     assert f"5 runs, {len(first)} already logged, {5 - len(first)} to run" in stdout

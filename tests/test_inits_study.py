@@ -1,4 +1,4 @@
-"""harness.inits_study (and the numeric helpers of harness.capture) on constructed logs and capture files."""
+"""harness.analysis.inits and harness.prose.inits (and the numeric helpers of harness.capture) on constructed logs and capture files."""
 from __future__ import annotations
 
 import math
@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness import inits_study as st
+from harness.analysis import inits as st
+from harness.prose import inits as pi
 from harness.capture import energy_shares, row_space_overlap
-from harness.stats import holm
+from harness.analysis.stats import holm
 
 
 def mk_log(task, method, seed, lr, final, first=None, losses=(1.0, 0.5), spe=2, init=None, val=None):
@@ -184,7 +185,7 @@ def test_page_numbers_plain_values(runs):
     caps, ref = st.capture_summary(cap), st.gradient_reference(cap)
     pts = st.outcome_points(runs, cap)
     corr = st.correlations(pts, n_boot=20)
-    g = st.page_numbers(runs, comp, caps, ref, corr, cap, st.results_table(runs))
+    g = pi.page_numbers(runs, comp, caps, ref, corr, cap, st.results_table(runs))
     assert all(type(v) in (int, float, str) for v in g.values())
     assert comp.iloc[0]["p_holm"] < 0.05                       # diffs .05, .06, .03: p = 0.034
     assert g["n_comparisons"] == 1 and g["n_ahead"] == 1 and g["n_behind"] == 0 and g["behind_text"] == "none"

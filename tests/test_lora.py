@@ -568,3 +568,16 @@ def test_add_lora_twice_raises(first, second):
     for n, l in lora_layers(model).items():
         assert isinstance(l.base, nn.Linear) and not isinstance(l.base, LoRALinear)
         assert torch.equal(l.lora_A, A[n])
+
+
+def test_relative_delta_factors_is_the_one_home_of_delta_w():
+    """[B, −B₀]·[A; A₀] = BA − B₀A₀ for a residual init, (B, A) otherwise; half a residual pair is an error."""
+    from lora.core import relative_delta_factors
+    g = torch.Generator().manual_seed(0)
+    B, A, B0, A0 = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((6, 2), (2, 5), (6, 2), (2, 5)))
+    Bp, Ap = relative_delta_factors(B, A, B0, A0)
+    assert Bp.shape == (6, 4) and Ap.shape == (4, 5)
+    assert torch.allclose(Bp @ Ap, B @ A - B0 @ A0, atol=1e-12)
+    assert relative_delta_factors(B, A) == (B, A)
+    with pytest.raises(ValueError, match="both B0 and A0"):
+        relative_delta_factors(B, A, B0)

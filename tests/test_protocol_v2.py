@@ -15,7 +15,7 @@ from harness.config import config_hash, make_config, run_id
 from harness.data import Example, split_validation
 from harness.grid import _ladder, expand, load_spec
 from harness.logs import write_json_atomic
-from harness.stats import holm, paired
+from harness.analysis.stats import holm, paired
 from harness.tasks import UserError, get_task
 
 

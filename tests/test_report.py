@@ -1,4 +1,4 @@
-"""Tests of harness.report: tables (numbers against numpy), spectra (against dense numpy SVDs of the
+"""Tests of harness.analysis.runs / .spectra / .weights and harness.plots: tables (numbers against numpy), spectra (against dense numpy SVDs of the
 products), and build_all end to end on a small grid (figures and captions in the manifest).
 
 The grid is built once per session: hand-made logs whose factor files come from the real tiny-roberta
@@ -21,8 +21,11 @@ import pytest
 import torch
 
 import lora
-from harness import report
+from harness.analysis import runs as ar
+from harness.analysis import spectra as asp
+from harness.analysis import weights as aw
 from harness.logs import write_json_atomic
+from harness.plots import build, style, training
 
 torch.set_num_threads(1)
 
@@ -78,14 +81,15 @@ def table_dir(tmp_path):
 
 def test_summary_table_mean_std(table_dir, tmp_path):
     d, logs = table_dir
-    runs = report.runs_table(d)
+    runs = ar.runs_table(d)
     assert len(runs) == 7 and "lora_fa" not in set(runs["method"])
-    failed = report.failed_runs(d)
+    failed = ar.failed_runs(d)
     assert list(failed["run_id"]) == [logs[-1]["run_id"]]
     assert failed["reason"].iloc[0] == "non-finite loss nan at step 3"
 
     out = tmp_path / "figs"
-    s = report.summary_table(d, out, name="tables")
+    s = ar.summary_table(d)
+    style.write_table(s, out, "summary_tables")
     assert "lr" not in s.columns                      # one lr per (task, method): not a grouping key
     assert (out / "summary_tables.csv").is_file() and (out / "summary_tables.json").is_file()
     for m in ("random", "svd"):
@@ -112,12 +116,12 @@ def test_summary_groups_by_lr_and_lr_figures(tmp_path):
             for (lr, s), v in vals.items()]
     single = make_log("cola", "svd", 0, lr=1e-3, main="mcc", final={"mcc": 0.5, "accuracy": 0.7})  # one lr only
     d = write_logs(tmp_path / "sweep", [*logs, single])
-    s = report.summary_table(d)
+    s = ar.summary_table(d)
     s = s[s["method"] == "random"]
     assert list(s["lr"]) == [1e-3, 3e-3]
     assert list(s["mean"]) == pytest.approx([0.65, 0.85])
     assert s["summary"].iloc[0] == "0.650 ± 0.071 (n=2)"
-    man = report.lr_sweep_figure(d, tmp_path / "figs")
+    man = training.lr_sweep_figure(d, tmp_path / "figs")
     assert set(man) == {"lr_sweep", "lr_curves"}
     for e in man.values():   # the lr figures show only methods run at several learning rates
         assert Path(e["path"]).stat().st_size > 5000 and "4 runs" in e["caption"]
@@ -193,7 +197,7 @@ def grid(tmp_path_factory):
 
 def test_spectra_table_matches_dense_numpy(grid):
     _, smoke, W_by_run, real = grid
-    t = report.spectra_table(smoke, task="mrpc")
+    t = asp.spectra_table(smoke, task="mrpc")
     assert len(t) == 9 * 4 and set(t["r_ref"]) == {4}
     t = t[t.run_id != real["run_id"]]
     for _, row in t.iterrows():
@@ -229,7 +233,7 @@ def test_pretrained_weights_rebuild_real_run(grid):
     W that pretrained_weights rebuilds must reproduce it."""
     _, smoke, _, real = grid
     assert real["status"] == "ok"
-    W = report.pretrained_weights(real, log_dir=smoke)
+    W = aw.pretrained_weights(real, log_dir=smoke)
     cfg = lora.read_lora_config(smoke / real["factors_file"])
     raw = lora.io.load_file(str(smoke / real["factors_file"]))
     assert set(W) == set(cfg) and len(W) == 4
@@ -244,7 +248,7 @@ def test_pretrained_weights_rebuild_real_run(grid):
 def test_build_all_manifest(grid, tmp_path):
     logs_root, smoke, _, real = grid
     figs = tmp_path / "figures"
-    man = report.build_all(logs_root, figs)
+    man = build.build_all(logs_root, figs)
     assert json.loads((figs / "manifest.json").read_text()).keys() == man.keys()
     sub = json.loads((figs / "smoke" / "manifest.json").read_text())
     pngs = {k: e for k, e in sub.items() if e["path"].endswith(".png")}
@@ -258,7 +262,7 @@ def test_build_all_manifest(grid, tmp_path):
         assert str(smoke) in e["caption"] and e["runs"], name
         n = len(e["runs"])
         assert f"{n} run" in e["caption"], name
-        if n <= report.MAX_IDS_IN_CAPTION:
+        if n <= ar.MAX_IDS_IN_CAPTION:
             assert all(r in e["caption"] for r in e["runs"]), name
     for e in pngs.values():
         with open(e["path"], "rb") as f:

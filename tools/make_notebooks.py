@@ -21,12 +21,15 @@ def notebook(title: str, intro: str, params: str, *cells: str):
     return nb
 
 
+# Relative paths in every notebook are from the repository root (harness.paths), whether the kernel starts
+# in notebooks/ (Jupyter) or anywhere else (papermill): the first code cell changes into the root.
 NOTEBOOKS = {
     "train.ipynb": notebook(
         "One training run",
         "Trains one configuration and writes its log (`<out_dir>/<run_id>.json`) and adapter factors "
         "(`<run_id>.safetensors`). The grid (`python -m harness grid configs/quick.yaml`) executes this "
-        "notebook with papermill, one copy per run; you can also run it by hand.",
+        "notebook with papermill, one copy per run; you can also run it by hand (relative paths are from "
+        "the repository root).",
         '# Parameters (papermill overrides these)\n'
         'task = "mrpc"          # mrpc, rte, cola, ...\n'
         'method = "random"      # full, random, svd, svd_seed, lora_fa, ... (harness.config.METHODS)\n'
@@ -37,7 +40,11 @@ NOTEBOOKS = {
         'out_dir = "logs/adhoc"\n'
         'device = None          # None: cuda if available\n'
         'run_options = {}       # e.g. {"save_factors": False} for a learning-rate sweep',
-        "from harness.config import make_config\nfrom harness.train import run\nfrom harness.report import show_run\n\n"
+        "from harness.config import make_config\n"
+        "from harness.paths import use_repo_root\n"
+        "from harness.train import run\n"
+        "from harness.plots.training import show_run\n\n"
+        "use_repo_root()   # relative paths (out_dir, data_dir, $GLUE_DIR) are from the repository root\n"
         "cfg = make_config(task, method, preset, seed=seed, **overrides)\n"
         "log = run(cfg, out_dir, data_dir, device=device, **run_options)",
         "show_run(log)",
@@ -45,22 +52,37 @@ NOTEBOOKS = {
     "spectra.ipynb": notebook(
         "Spectra and subspace geometry of ΔW",
         "Singular values, effective ranks and principal angles of ΔW = s·BA for the runs of one grid, "
-        "computed from the saved factors (never the dense product). Writes figures to `figures/`.",
-        'log_dir = "logs/quick"      # the runs to analyse\n'
-        'fig_dir = "figures"\n'
+        "computed from the saved factors (never the dense product). Writes figures and tables to "
+        "`figures/<grid>/` (e.g. `figures/quick/`) and shows each figure with its caption.",
+        'log_dir = "logs/quick"      # the grid to analyse (relative paths: from the repository root)\n'
+        'fig_dir = None              # None: figures/<grid>, here figures/quick\n'
         'task = None                 # None: every task in log_dir',
-        "from harness.report import spectra_figures\n\nspectra_figures(log_dir, fig_dir, task=task)",
+        "from harness.paths import grid_figures_dir, require_logs, use_repo_root\n"
+        "from harness.plots.spectra import spectra_figures\n\n"
+        "use_repo_root()                   # relative paths are from the repository root\n"
+        "log_dir = require_logs(log_dir)   # stops with one line naming the grids that have logs\n"
+        "fig_dir = fig_dir or grid_figures_dir(log_dir)\n"
+        "written = spectra_figures(log_dir, fig_dir, task=task)",
+        "md:What was written (each file's caption, naming its runs, is in `manifest.json` beside it):",
+        "import pandas as pd\n\n"
+        "pd.DataFrame([(name, e[\"path\"]) for name, e in written.items()], columns=[\"output\", \"file\"])",
     ),
     "compare.ipynb": notebook(
         "Comparing methods: convergence and final metrics",
         "Convergence curves (mean and band over seeds), the final-metric table (mean ± std) and the "
         "paired-by-seed comparisons between methods for the runs of one grid. Writes figures and tables "
-        "to `figures/`.",
-        'log_dir = "logs/quick"\n'
-        'fig_dir = "figures"',
-        "from harness.report import compare_figures\n\ncompare_figures(log_dir, fig_dir)",
-        "from harness.findings import comparison_table\n\ncomparison_table(log_dir)   # paired by seed, "
-        "at each method's preset lr",
+        "to `figures/<grid>/` (e.g. `figures/quick/`).",
+        'log_dir = "logs/quick"      # the grid to compare (relative paths: from the repository root)\n'
+        'fig_dir = None              # None: figures/<grid>, here figures/quick',
+        "from harness.paths import grid_figures_dir, require_logs, use_repo_root\n"
+        "from harness.plots.build import compare_figures\n\n"
+        "use_repo_root()                   # relative paths are from the repository root\n"
+        "log_dir = require_logs(log_dir)   # stops with one line naming the grids that have logs\n"
+        "fig_dir = fig_dir or grid_figures_dir(log_dir)\n"
+        "written = compare_figures(log_dir, fig_dir)   # shows the final-metric table and each figure",
+        "md:Paired by seed, each method at its preset's learning rate:",
+        "from harness.prose.findings import comparison_table\n\n"
+        "comparison_table(log_dir)",
     ),
 }
 

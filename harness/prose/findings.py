@@ -1,116 +1,27 @@
-"""What a grid's logs show: paired comparisons between methods, and the sentences the book states.
+"""What a grid's logs show, in sentences and formatted tables (the book's findings page and README).
 
-Runs of different methods with the same seed share the data order and the classification head's
-initial weights (``harness.train`` seeds both from the config's seed), so two methods a and b are
-compared *paired by seed*: on one task, with d_k = m(b, seed k) − m(a, seed k) over the n seeds both
-have, we report mean(d) and its sample std, in how many seeds b is ahead, and the two-sided paired
-t-test p-value (n ≥ 3; NaN otherwise).  With three seeds only a difference that is large against its
-seed-to-seed spread reaches p < 0.05; a smaller one is reported as "not distinguishable from zero at
-n seeds", never as "equal".
-
-Quantities compared (all on the task's main dev metric, from the run logs):
-
-* ``final``  after the last epoch;
-* ``step0``  before any training (differs from other methods only if the init changes the model);
-* ``first``  at the first evaluation after step 0 (a quarter epoch in the quick preset);
-* ``epoch1`` at the evaluation closest to the end of epoch 1;
-* ``curve``  the mean over all evaluations after step 0: a normalised area under the dev curve,
-  higher when a method gets good sooner;
-* ``loss_epoch1`` the mean training loss over the first epoch's steps: how fast the optimiser makes
-  progress on the training objective (lower is better; "ahead" then means a lower loss).
-
-Nothing here trains or reads model weights; the spectral part reads the CSV that
-``harness figures`` writes (``figures/<grid>/spectra_<grid>.csv``).
+Numbers from :mod:`harness.analysis.findings` (paired by seed; see there); the spectral sentences read the
+CSVs ``harness figures`` writes (``figures/<grid>/spectra_<grid>.csv``, ``subspaces_<grid>.csv``), keeping
+each method's runs at its main learning rate only (:func:`harness.analysis.runs.main_lr`).  A difference is
+called one only when :func:`harness.analysis.findings.is_finding`; otherwise "not distinguishable from
+zero at n seeds", never "equal".
 """
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import numpy as np
 
-from .report import _logs, _method_order, _num, main_lr, runs_table
-from .tasks import order_tasks, task_label
+from ..analysis.benchmark import load_benchmark
+from ..analysis.findings import (COMPARISONS, SPEED, at_chance, b_ahead, has_methods, is_finding, lr_block, paired,
+                                 points_table, shared_lrs)
+from ..analysis.runs import fmt_lr, main_lr_rows, method_order
+from ..analysis.stats import format_pm
+from ..tasks import order_tasks, task_label
 
-QUANTITIES = ("final", "step0", "first", "epoch1", "curve", "loss_epoch1")
-LOWER_IS_BETTER = {"loss_epoch1"}
-ALPHA = 0.05
-
-
-# ----------------------------------------------------------------------------- per-run numbers
-def curve_points(log: dict) -> dict:
-    """The main dev metric of one log at the points of :data:`QUANTITIES` (NaN where missing)."""
-    main = log["task"]["main_metric"]
-    ev = [(float(e["epoch"]), _num(e.get(main))) for e in log["history"]["evals"]]
-    after = [(ep, v) for ep, v in ev if ep > 0]
-    step0 = next((v for ep, v in ev if ep == 0), math.nan)
-    first = after[0][1] if after else math.nan
-    epoch1 = min(after, key=lambda p: abs(p[0] - 1.0))[1] if after else math.nan
-    vals = np.array([v for _, v in after], dtype=float)
-    curve = float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
-    loss = np.array([_num(x) for x in log["history"].get("train_loss", [])[:log.get("steps_per_epoch") or 0]])
-    loss_epoch1 = float(np.nanmean(loss)) if np.isfinite(loss).any() else math.nan
-    return dict(final=_num((log.get("final") or {}).get(main)), step0=step0, first=first, epoch1=epoch1,
-                curve=curve, loss_epoch1=loss_epoch1)
-
-
-def points_table(log_dir):
-    """:func:`harness.report.runs_table` plus the columns step0, first, epoch1, curve."""
-    runs = runs_table(log_dir)
-    if len(runs) == 0:
-        return runs
-    pts = {lg["run_id"]: curve_points(lg) for lg in _logs(log_dir)}
-    for q in QUANTITIES[1:]:
-        runs[q] = runs["run_id"].map(lambda r, q=q: pts[r][q])
-    return runs
-
-
-# ----------------------------------------------------------------------------- paired comparisons
-def paired(runs, task: str, a: str, b: str, quantity: str = "final", lr_a=None, lr_b=None) -> dict:
-    """Paired-by-seed comparison of method ``b`` against ``a`` on ``task`` (see the module docstring).
-
-    ``lr_a``/``lr_b``: the learning rate of each side (default: :func:`harness.report.main_lr`, the preset's).
-    Returns n, seeds, mean_a, mean_b, std_a, std_b, diff (mean of b − a), diff_std, wins (seeds where
-    b is better: b > a, or b < a for a quantity in :data:`LOWER_IS_BETTER`), behind (seeds where b is worse),
-    p (paired t-test; NaN for n < 3 or zero spread), diffs (b − a per shared seed)."""
-    from scipy import stats
-
-    def side(method, lr):
-        lr = main_lr(runs, task, method) if lr is None else lr
-        g = runs[(runs["task"] == task) & (runs["method"] == method)]
-        if lr is not None:
-            g = g[np.isclose(g["lr"].astype(float), lr)]
-        return {int(s): float(v) for s, v in zip(g["seed"], g[quantity]) if np.isfinite(v)}, lr
-
-    va, lr_a = side(a, lr_a)
-    vb, lr_b = side(b, lr_b)
-    seeds = sorted(set(va) & set(vb))
-    xa, xb = np.array([va[s] for s in seeds]), np.array([vb[s] for s in seeds])
-    d = xb - xa
-    n = len(seeds)
-    p = math.nan
-    if n >= 3 and np.std(d) > 0:
-        p = float(stats.ttest_rel(xb, xa).pvalue)
-
-    def sd(x):
-        return float(x.std(ddof=1)) if len(x) > 1 else math.nan
-    return dict(task=task, a=a, b=b, quantity=quantity, lr_a=lr_a, lr_b=lr_b, n=n, seeds=seeds,
-                mean_a=float(xa.mean()) if n else math.nan, mean_b=float(xb.mean()) if n else math.nan,
-                std_a=sd(xa), std_b=sd(xb), diff=float(d.mean()) if n else math.nan, diff_std=sd(d),
-                wins=int((d < 0).sum() if quantity in LOWER_IS_BETTER else (d > 0).sum()),
-                behind=int((d > 0).sum() if quantity in LOWER_IS_BETTER else (d < 0).sum()), p=p,
-                diffs=[float(x) for x in d])
-
-
-def is_finding(c: dict) -> bool:
-    """A paired comparison counts as a finding when n ≥ 3, p < :data:`ALPHA` and every seed has the same sign."""
-    return c["n"] >= 3 and bool(np.isfinite(c["p"])) and c["p"] < ALPHA and c["wins"] in (0, c["n"])
-
-
-def b_ahead(c: dict) -> bool:
-    """Whether ``b`` is on the better side of ``a`` on average (lower for :data:`LOWER_IS_BETTER`)."""
-    return (c["diff"] < 0) if c.get("quantity") in LOWER_IS_BETTER else (c["diff"] > 0)
+QUANTITY_LABELS = {"final": "final dev metric", "step0": "dev metric before training",
+                   "first": "dev metric at the first evaluation", "epoch1": "dev metric after epoch 1",
+                   "curve": "dev metric averaged over the curve", "loss_epoch1": "training loss over epoch 1 (lower is better)"}
 
 
 def verdict(c: dict) -> str:
@@ -143,18 +54,9 @@ def _count(seeds) -> str:
     return f"{hi} seed{'s' if hi > 1 else ''}" if lo == hi else f"{lo}–{hi} seeds"
 
 
-def _ms(mean, std, digits=3) -> str:
-    return "n/a" if not np.isfinite(mean) else f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if np.isfinite(std) else "")
-
-
-COMPARISONS = (   # (a, b, quantities): the questions the study asks of every task
-    ("random", "svd", ("final", "first", "epoch1", "curve", "loss_epoch1")),
-    ("random", "lora_fa", ("final", "curve")),
-    ("random", "lora_fa_svd", ("final", "curve")),
-    ("lora_fa", "lora_fa_svd", ("final",)),
-    ("svd", "svd_naive", ("final", "step0", "curve", "loss_epoch1")),
-    ("random", "full", ("final", "curve", "loss_epoch1")),
-)
+def _ms(mean, std, digits: int = 3) -> str:
+    """"0.812 ± 0.011" (3 digits): :func:`harness.analysis.stats.format_pm` as the findings tables print it."""
+    return format_pm(mean, std, digits)
 
 
 def comparison_table(log_dir):
@@ -174,8 +76,8 @@ def comparison_table(log_dir):
             for q in quantities:
                 c = paired(runs, task, a, b, q)
                 rows.append({"task": task, "comparison": f"{b} − {a}", "at": q, "seeds": len(c["seeds"]),
-                             "mean a": _ms(c["mean_a"], c["std_a"]),
-                             "mean b": _ms(c["mean_b"], c["std_b"]), "b − a (paired)": _d(c),
+                             "mean a": format_pm(c["mean_a"], c["std_a"], 3),
+                             "mean b": format_pm(c["mean_b"], c["std_b"], 3), "b − a (paired)": _d(c),
                              "b ahead in": f"{c['wins']}/{c['n']}", "p": _p(c["p"]), "verdict": verdict(c)})
     return pd.DataFrame(rows)
 
@@ -193,46 +95,10 @@ def lr_table(log_dir, task: str = "mrpc", methods=("random", "svd")):
     for lr in shared_lrs(runs, task, a, b):
         for q in ("final", "curve"):
             c = paired(runs, task, a, b, q, lr_a=lr, lr_b=lr)
-            rows.append({"lr": lr, "at": q, "seeds": c["n"], a: _ms(c["mean_a"], c["std_a"]),
-                         b: _ms(c["mean_b"], c["std_b"]), f"{b} − {a} (paired)": _d(c),
+            rows.append({"lr": lr, "at": q, "seeds": c["n"], a: format_pm(c["mean_a"], c["std_a"], 3),
+                         b: format_pm(c["mean_b"], c["std_b"], 3), f"{b} − {a} (paired)": _d(c),
                          f"{b} ahead in": f"{c['wins']}/{c['n']}", "p": _p(c["p"]), "verdict": verdict(c)})
     return pd.DataFrame(rows)
-
-
-def shared_lrs(runs, task: str, a: str, b: str) -> list[float]:
-    """The learning rates at which both methods have runs on ``task``; [] when they share fewer than two."""
-    g = runs[runs["task"] == task]
-    lrs = sorted(set(g.loc[g["method"] == a, "lr"]) & set(g.loc[g["method"] == b, "lr"]))
-    return lrs if len(lrs) > 1 else []
-
-
-def lr_block(runs, a: str = "random", b: str = "svd") -> tuple:
-    """(task, lrs): the first task (in display order) where ``a`` and ``b`` share several learning rates, and
-    those rates; (None, []) when no task has such a block."""
-    for task in order_tasks(runs["task"]):
-        lrs = shared_lrs(runs, task, a, b)
-        if lrs:
-            return task, lrs
-    return None, []
-
-
-# ----------------------------------------------------------------------------- the book's sentences
-def learned(runs, task: str) -> dict:
-    """Which methods end above the majority-class baseline on ``task`` (mean final over seeds at the
-    preset lr), with the baseline."""
-    g = runs[runs["task"] == task]
-    out = {}
-    for method in dict.fromkeys(g["method"]):
-        lr = main_lr(runs, task, method)
-        gm = g[(g["method"] == method) & np.isclose(g["lr"].astype(float), lr)]
-        out[method] = float(np.nanmean(gm["final"])) > float(np.nanmean(gm["baseline"]))
-    return out
-
-
-QUANTITY_LABELS = {"final": "final dev metric", "step0": "dev metric before training",
-                   "first": "dev metric at the first evaluation", "epoch1": "dev metric after epoch 1",
-                   "curve": "dev metric averaged over the curve", "loss_epoch1": "training loss over epoch 1 (lower is better)"}
-SPEED = ("first", "epoch1", "curve", "loss_epoch1")     # the quantities that measure early progress
 
 
 def _short(c: dict) -> str:
@@ -305,8 +171,8 @@ def brief(runs, chance: dict, benchmark=None, spectra_csv=None) -> list[str]:
         if {"random", "lora_fa"} <= set(params.index):
             line += (f"It trains {int(params['lora_fa']):,} parameters instead of {int(params['random']):,} "
                      "(with the classifier head)")
-            if benchmark and Path(benchmark).is_file():
-                b = json.loads(Path(benchmark).read_text())
+            b = load_benchmark(benchmark)
+            if b:
                 saved, lora_qv = b["fa_saving"]["lora_qv_vs_lora_fa_qv"]["measured"], b["saved_bytes"]["lora_qv"]
                 line += (f" and keeps {saved / 2**20:.1f} MiB ({saved / lora_qv:.1%}) fewer activations for backward "
                          f"(benchmark, batch {b['settings']['batch']} × {b['settings']['seq_len']} tokens)")
@@ -324,7 +190,7 @@ def brief(runs, chance: dict, benchmark=None, spectra_csv=None) -> list[str]:
     if spectra_csv and Path(spectra_csv).is_file():
         import pandas as pd
 
-        t = pd.read_csv(spectra_csv)
+        t = main_lr_rows(pd.read_csv(spectra_csv), runs)
         t = t[t["task"].isin(tasks)]
         g = t.groupby("method")[["effective_rank", "energy_top1", "overlap_right_top"]].mean()
         shown = [m for m in ("random", "svd", "full") if m in g.index]
@@ -332,19 +198,9 @@ def brief(runs, chance: dict, benchmark=None, spectra_csv=None) -> list[str]:
             out.append("- **How do the updates differ?** " + "; ".join(
                 f"{m}: effective rank {g.loc[m, 'effective_rank']:.1f}, top direction {g.loc[m, 'energy_top1']:.0%} "
                 f"of ‖ΔW‖²_F, overlap with W's top-r input subspace {g.loc[m, 'overlap_right_top']:.2f}"
-                for m in shown) + f" (independent random subspaces: {t['overlap_random'].mean():.2f}).")
+                for m in shown) + f" (independent random subspaces: {t['overlap_random'].mean():.2f}"
+                + (f"; {pooled}" if (pooled := _runs_at(t, shown)) else "") + ").")
     return out
-
-
-def has_methods(runs, task: str, *methods: str) -> bool:
-    """Whether ``runs`` has runs of every one of ``methods`` on ``task``."""
-    return set(methods) <= set(runs.loc[runs["task"] == task, "method"])
-
-
-def at_chance(runs) -> dict[str, bool]:
-    """Per task: True when no adapter method (``full`` aside) ends above the majority-class baseline."""
-    return {t: not any(learned(runs, t).get(m, False) for m in set(runs.loc[runs["task"] == t, "method"]) - {"full"})
-            for t in order_tasks(runs["task"])}
 
 
 def findings_markdown(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=None) -> str:
@@ -371,11 +227,11 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=N
         if not has_methods(runs, t, "random", "svd"):
             continue
         f, q1, cv, lo = (paired(runs, t, "random", "svd", q) for q in ("final", "first", "curve", "loss_epoch1"))
-        line = (f"- {task_label(t)} ({metric(t)}): final {_ms(f['mean_b'], f['std_b'])} for svd vs "
-                f"{_ms(f['mean_a'], f['std_a'])} for random, paired difference {_d(f)} ({verdict(f)}). "
+        line = (f"- {task_label(t)} ({metric(t)}): final {format_pm(f['mean_b'], f['std_b'], 3)} for svd vs "
+                f"{format_pm(f['mean_a'], f['std_a'], 3)} for random, paired difference {_d(f)} ({verdict(f)}). "
                 f"Early, after the first evaluation: {_d(q1)} ({verdict(q1)}); "
                 f"averaged over the dev curve: {_d(cv)} ({verdict(cv)}); mean training loss over epoch 1: "
-                f"{_ms(lo['mean_b'], lo['std_b'])} vs {_ms(lo['mean_a'], lo['std_a'])}, {_d(lo)} ({verdict(lo)}).")
+                f"{format_pm(lo['mean_b'], lo['std_b'], 3)} vs {format_pm(lo['mean_a'], lo['std_a'], 3)}, {_d(lo)} ({verdict(lo)}).")
         if chance[t]:
             line += " No adapter method beats the majority-class baseline here, so these differences are noise."
         out.append(line)
@@ -400,8 +256,8 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=N
         out.append("- Trainable parameters (with the classifier head): "
                    + ", ".join(f"{m} {int(params[m]):,}" for m in ("random", "lora_fa", "full") if m in params.index)
                    + ".")
-    if benchmark and Path(benchmark).is_file():
-        b = json.loads(Path(benchmark).read_text())
+    b = load_benchmark(benchmark)
+    if b:
         sb, fa = b["saved_bytes"], b["fa_saving"]["lora_qv_vs_lora_fa_qv"]
         s = b["settings"]
         out.append(f"- Memory (benchmark, batch {s['batch']} × {s['seq_len']} tokens): freezing A cuts the "
@@ -420,8 +276,8 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=N
             if not has_methods(runs, t, "svd", "svd_naive"):
                 continue
             z, f = paired(runs, t, "svd", "svd_naive", "step0"), paired(runs, t, "svd", "svd_naive")
-            out.append(f"- {task_label(t)}: before training its {metric(t)} is {_ms(z['mean_b'], z['std_b'])} against "
-                       f"{_ms(z['mean_a'], z['std_a'])} for the function-preserving svd init (the model it starts "
+            out.append(f"- {task_label(t)}: before training its {metric(t)} is {format_pm(z['mean_b'], z['std_b'], 3)} against "
+                       f"{format_pm(z['mean_a'], z['std_a'], 3)} for the function-preserving svd init (the model it starts "
                        f"from is W + U_r S_r V_rᵀ); after training svd_naive − svd is {_d(f)} ({verdict(f)}).")
         out.append("")
 
@@ -436,7 +292,7 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=N
 
     # 5. spectra
     if spectra_csv and Path(spectra_csv).is_file():
-        out += spectra_sentences(spectra_csv, [t for t in tasks if not chance[t]] or tasks) + [""]
+        out += spectra_sentences(spectra_csv, [t for t in tasks if not chance[t]] or tasks, runs) + [""]
     if subspaces_csv and Path(subspaces_csv).is_file():
         out += subspace_sentences(subspaces_csv, [t for t in tasks if not chance[t]] or tasks) + [""]
 
@@ -455,12 +311,29 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=N
     return "\n".join(out)
 
 
-def spectra_sentences(spectra_csv, tasks=None) -> list[str]:
+def _runs_at(t, methods) -> str:
+    """"random: 3 runs at lr 0.001; svd: 3 runs at lr 0.001": which runs a spectra average pools
+    ("" for a table without run_id and lr columns)."""
+    if not {"run_id", "lr"} <= set(t.columns):
+        return ""
+    parts = []
+    for m in methods:
+        g = t[t["method"] == m]
+        parts.append(f"{m}: {g['run_id'].nunique()} runs at lr "
+                     + ", ".join(fmt_lr(float(x)) for x in sorted(set(g["lr"].dropna()))))
+    return "; ".join(parts)
+
+
+def spectra_sentences(spectra_csv, tasks=None, runs=None) -> list[str]:
     """Sentences on ΔW's spectra per method, from the per-layer CSV, averaged over layers, seeds and
-    ``tasks`` (default: all; the book passes the tasks where some adapter beat the baseline)."""
+    ``tasks`` (default: all; the book passes the tasks where some adapter beat the baseline).  With
+    ``runs`` (the grid's :func:`harness.analysis.runs.runs_table`) only each method's runs at its main lr
+    are pooled (a grid's extra lr block is left out); the sentence says which runs it pools."""
     import pandas as pd
 
     t = pd.read_csv(spectra_csv)
+    if runs is not None:
+        t = main_lr_rows(t, runs)
     tasks = list(tasks) if tasks is not None else sorted(set(t["task"]))
     t = t[t["task"].isin(tasks)]
     g = t.groupby("method")[["stable_rank", "effective_rank", "energy_top1", "overlap_right_top",
@@ -468,8 +341,9 @@ def spectra_sentences(spectra_csv, tasks=None) -> list[str]:
     rnd = float(g["overlap_random"].mean())
     out = ["**How do the updates differ?** (ΔW relative to the pretrained W, averaged over the adapted layers, "
            f"seeds and tasks ({', '.join(task_label(x) for x in tasks)}); overlap = mean cos² of the principal angles between ΔW's top-r singular subspace and "
-           f"W's, {rnd:.3f} for random subspaces)"]
-    for m in _method_order(g.index):
+           f"W's, {rnd:.3f} for random subspaces" + (f"; runs pooled: {pooled}" if (pooled := _runs_at(t, method_order(g.index)))
+                                                    else "") + ")"]
+    for m in method_order(g.index):
         r = g.loc[m]
         out.append(f"- {m}: stable rank {r['stable_rank']:.2f}, effective rank {r['effective_rank']:.1f}, top singular "
                    f"value holds {r['energy_top1']:.0%} of the energy; overlap with W's top-r input subspace "
@@ -479,7 +353,7 @@ def spectra_sentences(spectra_csv, tasks=None) -> list[str]:
 
 def subspace_sentences(subspaces_csv, tasks=None) -> list[str]:
     """Sentences on whether runs agree on ΔW's top-r subspaces, from ``subspaces_<grid>.csv``
-    (:func:`harness.report.subspace_agreement_table`), averaged over pairs, layers and ``tasks``."""
+    (:func:`harness.analysis.spectra.subspace_agreement_table`), averaged over pairs, layers and ``tasks``."""
     import pandas as pd
 
     t = pd.read_csv(subspaces_csv)
@@ -494,11 +368,11 @@ def subspace_sentences(subspaces_csv, tasks=None) -> list[str]:
     seeds = t[t["relation"] == "seed"].groupby("method_a")[["phi_in", "phi_out"]].mean()
     if len(seeds):
         out.append("- Same method, another seed: " + "; ".join(
-            f"{m} {seeds.loc[m, 'phi_in']:.2f} / {seeds.loc[m, 'phi_out']:.2f}" for m in _method_order(seeds.index))
+            f"{m} {seeds.loc[m, 'phi_in']:.2f} / {seeds.loc[m, 'phi_out']:.2f}" for m in method_order(seeds.index))
             + ".")
     inits = t[t["relation"] == "init"].copy()
     if len(inits):
-        order = {m: i for i, m in enumerate(_method_order(set(inits["method_a"]) | set(inits["method_b"])))}
+        order = {m: i for i, m in enumerate(method_order(set(inits["method_a"]) | set(inits["method_b"])))}
         inits["pair"] = [" vs ".join(sorted((a, b), key=order.get)) for a, b in zip(inits["method_a"], inits["method_b"])]
         g = inits.groupby("pair")[["phi_in", "phi_out"]].mean()
         wanted = [p for p in ("random vs svd", "full vs random", "full vs svd", "random vs lora_fa",
@@ -515,3 +389,4 @@ def subspace_sentences(subspaces_csv, tasks=None) -> list[str]:
                "`svd` starts every seed from the same factors (W's top-r singular pairs), so part of its agreement "
                "is the init's too.")
     return out
+

@@ -1,7 +1,7 @@
 """Does bf16 autocast change what is learned?  Paired bf16 − fp32 differences against the seed spread.
 
 Runs that differ only in ``precision`` (and the seed) form one cell (task, method, and the rest of the
-config).  Per seed i the final dev metric gives d_i = m_bf16,i − m_fp32,i; :func:`harness.stats.paired`
+config).  Per seed i the final dev metric gives d_i = m_bf16,i − m_fp32,i; :func:`harness.analysis.stats.paired`
 gives the mean d̄ with its 95 % t-interval [lo, hi] over the n seeds.  The seed spread is the
 seed-to-seed standard deviation of the metric, pooled over the two precisions:
 sd_seed = √((s²_fp32 + s²_bf16)/2) (each s with ddof = 1).
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import LEGACY
 from .stats import paired, with_holm
 
 REFERENCE, CANDIDATE = "fp32", "bf16"
@@ -33,8 +34,11 @@ VERDICTS = ("equivalent", "inconclusive", "different")
 
 
 def _rest(cfg: dict) -> str:
-    """The config without precision and seed: runs with the same rest are one cell."""
-    return json.dumps({k: v for k, v in sorted(cfg.items()) if k not in ("precision", "seed")}, sort_keys=True)
+    """The config without precision and seed: runs with the same rest are one cell.  Fields at their
+    legacy value (``config.LEGACY``) count as absent, as in the config hash, so a log written before a
+    field existed (round 1's ``logs/quick``: no ``precision``, ``rslora`` ...) pairs with a new one."""
+    return json.dumps({k: v for k, v in sorted(cfg.items()) if k not in ("precision", "seed")
+                       and not (k in LEGACY and v == LEGACY[k])}, sort_keys=True)
 
 
 def precision_cells(logs: list[dict]) -> list[dict]:
@@ -101,10 +105,15 @@ def equivalence_table(logs: list[dict], reference: str = REFERENCE, candidate: s
 
 def equivalence_frame(log_dir: str | Path):
     """:func:`equivalence_table` of the ok logs in ``log_dir`` as a DataFrame for the book."""
+    from ..logs import read_logs
+    return equivalence_frame_of(read_logs(log_dir))
+
+
+def equivalence_frame_of(logs: list[dict]):
+    """:func:`equivalence_table` of ``logs`` (e.g. two grids' logs together) as a DataFrame for the book."""
     import pandas as pd
 
-    from .logs import read_logs
-    rows = equivalence_table(read_logs(log_dir))
+    rows = equivalence_table(logs)
     cols = {"task": "task", "method": "method", "metric": "metric", "n": "seeds", "mean_ref": "fp32",
             "mean_cand": "bf16", "diff": "bf16 − fp32", "lo": "95 % lo", "hi": "95 % hi", "seed_sd": "seed sd",
             "p_holm": "p (Holm)", "verdict": "verdict", "seeds_needed": "seeds for a verdict"}

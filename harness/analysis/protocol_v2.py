@@ -1,6 +1,7 @@
 """Protocol v2's results from its logs: the lr each method was given, the final table, the paired
 comparisons (95 % intervals, Holm-adjusted p) and the seed project's claim.  Pure functions of
-``logs/v2_sweep`` and ``logs/v2`` (logs → numbers → figures); the book's pages display them.
+``logs/v2_sweep`` and ``logs/v2``; figures in :mod:`harness.plots.protocol`, words in
+:mod:`harness.prose.protocol`.
 
 The family of comparisons on the findings page (:func:`comparisons`): on every task, each method
 against ``random`` at the two methods' own selected learning rates; ``svd_seed`` against ``lora_fa``
@@ -13,10 +14,10 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from .logs import read_logs
-from .protocol import selection_table
+from ..protocol import selection_table
+from ..tasks import order_tasks, task_label
+from .runs import load_logs
 from .stats import format_mean_std, mean_sd, paired, with_holm
-from .tasks import order_tasks, task_label
 
 METHOD_ORDER = ("full", "random", "svd", "svd_naive", "svd_seed", "lora_fa", "lora_fa_svd")
 CLAIM_LRS = (1e-4, 3e-4)
@@ -29,7 +30,7 @@ def method_order(methods) -> list[str]:
 
 def selected_lrs(sweep_dir) -> dict[tuple[str, str], float]:
     """{(task, method): lr} chosen on validation by the rule of :mod:`harness.protocol`."""
-    return {(r["task"], r["method"]): r["selected_lr"] for r in selection_table(read_logs(sweep_dir))}
+    return {(r["task"], r["method"]): r["selected_lr"] for r in selection_table(load_logs(sweep_dir))}
 
 
 def early_metric(log: dict, epoch: float = 1.0):
@@ -45,7 +46,7 @@ class Runs:
     """A grid's ok logs indexed by (task, method, lr) → {seed: log}."""
 
     def __init__(self, log_dir):
-        self.logs = read_logs(log_dir)
+        self.logs = load_logs(log_dir)
         self.cells: dict[tuple, dict[int, dict]] = defaultdict(dict)
         for lg in self.logs:
             c = lg["config"]
@@ -117,70 +118,12 @@ def comparisons(log_dir, sweep_dir) -> list[dict]:
     return with_holm(family)
 
 
-def comparison_frame(comps: list[dict]) -> "pd.DataFrame":
-    import pandas as pd
-    return pd.DataFrame([{
-        "task": task_label(c["task"]), "b − a": f"{c['b']} − {c['a']}",
-        "lr (a, b)": f"{c['lr_a']:g}, {c['lr_b']:g}", "quantity": c["quantity"],
-        "difference [95 % CI]": f"{c['diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]",
-        "dev examples": f"{c['examples']:+.1f}", "b ahead": f"{c['wins']}/{c['n']}",
-        "p (Holm)": "–" if c["p_holm"] is None else f"{c['p_holm']:.3g}",
-        "finding": "yes" if c["finding"] else "no"} for c in comps])
-
-
-def forest_figure(comps: list[dict], title: str | None = None):
-    """Differences b − a with their 95 % t intervals, one row per comparison; findings filled."""
-    import matplotlib.pyplot as plt
-    comps = list(comps)
-    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(comps) + 1.2))
-    for i, c in enumerate(comps):
-        y = len(comps) - 1 - i
-        color = "C3" if c["diff"] < 0 else "C0"
-        ax.plot([c["lo"], c["hi"]], [y, y], color=color, lw=1.6)
-        ax.plot(c["diff"], y, "o", color=color, mfc=color if c["finding"] else "white", ms=6)
-    ax.axvline(0, color="0.4", lw=0.8)
-    ax.set_yticks(range(len(comps)))
-    ax.set_yticklabels([f"{task_label(c['task'])}: {c['b']} − {c['a']}"
-                        + ("" if c["group"] == "each at its own lr" else f" (lr {c['lr_a']:g}")
-                        + ("" if c["group"] == "each at its own lr" else (", ep. 1)" if c["quantity"] == "epoch1" else ")"))
-                        for c in reversed(comps)], fontsize=8)
-    ax.set_xlabel("b − a: paired difference of the final dev metric (95 % t interval)")
-    if title:
-        ax.set_title(title, fontsize=10)
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
-def sweep_figure(sweep_dir):
-    """Final validation metric against lr, one panel per task, a line per method, the chosen lr starred."""
-    import matplotlib.pyplot as plt
-    table = selection_table(read_logs(sweep_dir))
-    tasks = order_tasks({r["task"] for r in table})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
-    colors = {m: f"C{i}" for i, m in enumerate(METHOD_ORDER)}
-    for ax, task in zip(axes[0], tasks):
-        for r in sorted((r for r in table if r["task"] == task), key=lambda r: method_order([r["method"]])):
-            pts = sorted((float(k), v) for k, v in r["scores"].items())
-            xs, ys = [p[0] for p in pts], [max(p[1], -0.05) for p in pts]
-            ax.plot(xs, ys, "-o", ms=3, lw=1.2, color=colors.get(r["method"]), label=r["method"])
-            ax.plot(r["selected_lr"], r["val_score"], "*", ms=13, color=colors.get(r["method"]), mec="k", mew=0.5)
-        ax.set_xscale("log")
-        ax.set_xlabel("learning rate")
-        ax.set_title(task_label(task))
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("final validation metric")
-    axes[0][-1].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    return fig
-
-
 def step0_change(model_id: str = "bundled:all-MiniLM-L6-v2", rank: int = 8, alpha: float = 1.0) -> dict:
     """How far ``svd_seed`` moves each adapted q/v weight before training: ‖s·B₀A₀‖_F / ‖W‖_F (mean, min, max
     over layers), and its spectral size ‖s·B₀A₀‖₂ / ‖W‖₂, with the v2 preset's s = alpha/r."""
     import torch
     import lora
-    from .models import load_model_and_tokenizer
+    from ..models import load_model_and_tokenizer
     model, _ = load_model_and_tokenizer(model_id, 2, 0)
     rel_f, rel_2 = [], []
     for name, mod in model.named_modules():
@@ -197,7 +140,7 @@ def step0_change(model_id: str = "bundled:all-MiniLM-L6-v2", rank: int = 8, alph
 def grid_wall_time(log_dir) -> dict:
     """Run-time summary of a grid's logs: runs, summed wall time, median per task, hardware."""
     import statistics
-    logs = read_logs(Path(log_dir))
+    logs = load_logs(Path(log_dir))
     per_task = defaultdict(list)
     for lg in logs:
         per_task[lg["config"]["task"]].append(lg["wall_time_s"])
@@ -210,20 +153,6 @@ def grid_wall_time(log_dir) -> dict:
             "device": env.get("gpu") or env.get("cpu"), "torch": env.get("torch")}
 
 
-def findings_markdown(comps: list[dict]) -> str:
-    """The comparisons that are findings (Holm-adjusted p < 0.05), one bullet each, or a sentence saying none is."""
-    hits = [c for c in comps if c["finding"]]
-    if not hits:
-        return "No comparison of the family is a finding (every Holm-adjusted p ≥ 0.05)."
-    lines = []
-    for c in hits:
-        where = "each at its own lr" if c["group"] == "each at its own lr" else f"both at lr {c['lr_a']:g}"
-        lines.append(f"- {task_label(c['task'])}, {c['b']} − {c['a']} ({where}, {c['quantity']}): "
-                     f"{c['diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}], {c['examples']:+.0f} dev examples, "
-                     f"{c['b']} ahead in {c['wins']}/{c['n']} seeds, Holm-adjusted p = {c['p_holm']:.3g}")
-    return "\n".join(lines)
-
-
 def comparison(comps: list[dict], task: str, a: str, b: str, quantity: str = "final", lr=None) -> dict:
     """One comparison of the family by its names (and lr for the seed-claim block)."""
     for c in comps:
@@ -232,30 +161,3 @@ def comparison(comps: list[dict], task: str, a: str, b: str, quantity: str = "fi
                 return c
     raise KeyError(f"no comparison {task} {b} − {a} ({quantity}, lr {lr})")
 
-
-V2_BEGIN = "<!-- v2:begin (generated by `python -m harness readme` from logs/v2; do not edit by hand) -->"
-V2_END = "<!-- v2:end -->"
-
-
-def readme_block(log_dir, sweep_dir) -> str:
-    """The README's protocol-v2 result: the final table and the findings, from the logs."""
-    table = final_table(log_dir, sweep_dir)
-    cols = list(table.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    comps = comparisons(log_dir, sweep_dir)
-    wall, wall_sweep = grid_wall_time(log_dir), grid_wall_time(sweep_dir)
-    return "\n".join([
-        f"Protocol v2 (`configs/v2_sweep.yaml` → `configs/v2.yaml`): each method at the learning rate selected on a "
-        f"validation split held out of train, {max(c['n'] for c in comps)} seeds, final dev metric (mean ± std (n)); "
-        f"{wall_sweep['runs']} sweep + {wall['runs']} final runs, {wall['hours'] + wall_sweep['hours']:.2f} h of run "
-        f"time summed over runs, {wall['span_minutes'] + wall_sweep['span_minutes']:.0f} minutes of wall-clock time on one "
-        f"{wall['device']} (several runs at once).", "", *lines, "",
-        f"Findings (paired by seed, 95 % t interval, Holm-adjusted p < 0.05 over the {len(comps)} comparisons of the "
-        "book's chapter *Each init at its own learning rate*):", "", findings_markdown(comps)])
-
-
-def update_readme_block(readme, log_dir, sweep_dir) -> bool:
-    """Replace the text between :data:`V2_BEGIN` and :data:`V2_END`; atomic; whether it changed."""
-    from .book import replace_block
-    return bool(replace_block(readme, V2_BEGIN, V2_END, readme_block(log_dir, sweep_dir)))

@@ -1,12 +1,13 @@
-"""Which subspace should an adapter start in?  Tables and figures of the init study (issue 16).
+"""Which subspace should an adapter start in?  The numbers of the init study (issue 16).
 
 Pure functions: run logs (``logs/v2`` + ``logs/v2_sweep`` for the round-1 inits, ``logs/inits`` +
 ``logs/inits_sweep`` for the newer families) and ``logs/capture/capture.json`` (:mod:`harness.capture`)
-in, DataFrames, dicts and matplotlib Figures out.  Nothing trains, nothing reads model weights.
+in, DataFrames and dicts out.  Nothing trains, nothing reads model weights.  Figures:
+:mod:`harness.plots.inits`; the page's formatted tables and pasted numbers: :mod:`harness.prose.inits`.
 
 * :func:`runs_table`        one row per run at its (task, method)'s validation-selected lr
   (:func:`harness.protocol.select_lr` on the sweep), with the final, first-eval and epoch-1-loss numbers
-  (:func:`harness.findings.curve_points`).
+  (:func:`harness.analysis.findings.curve_points`).
 * :func:`init_table`        what each init is: subspace, frozen factor, residual, data, cost.
 * :func:`results_table`     selected lr and final dev metric mean ± sd (n) per task and init.
 * :func:`comparisons`       paired differences init − random per task over shared seeds, 95 % t interval,
@@ -16,7 +17,6 @@ in, DataFrames, dicts and matplotlib Figures out.  Nothing trains, nothing reads
 """
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
@@ -64,7 +64,6 @@ def short_layer(name: str) -> str:
     return f"{idx}.{parts[-1][0]}"
 
 
-# ----------------------------------------------------------------------------- runs
 def run_record(log: dict) -> dict:
     """The numbers this page uses from one run log."""
     from .findings import curve_points
@@ -83,7 +82,7 @@ def run_record(log: dict) -> dict:
 def runs_table(main_logs: list[dict], sweep_logs: list[dict], tasks=TASKS, methods=None) -> pd.DataFrame:
     """One row per run of ``main_logs`` whose lr is the one :func:`harness.protocol.select_lr` picks for its
     (task, method) from ``sweep_logs``; runs at other rates (e.g. v2's small-lr block) are left out."""
-    from .protocol import select_lr
+    from ..protocol import select_lr
     rows, chosen = [], {}
     for lg in main_logs:
         c = lg["config"]
@@ -105,9 +104,9 @@ GRIDS = (("v2", "v2_sweep"), ("inits", "inits_sweep"))
 def load_runs(logs_root="logs", tasks=TASKS, dirs: dict | None = None) -> pd.DataFrame:
     """Round-1 inits + full fine-tuning (``v2``) and the newer families (``inits``), each at its selected lr.
     ``dirs`` maps a grid name to its directory (default ``<logs_root>/<name>``)."""
-    from .logs import read_logs
+    from .runs import load_logs
     where = lambda name: Path(dirs[name]) if dirs and name in dirs else Path(logs_root) / name
-    parts = [runs_table(read_logs(where(main)), read_logs(where(sweep)), tasks) for main, sweep in GRIDS]
+    parts = [runs_table(load_logs(where(main)), load_logs(where(sweep)), tasks) for main, sweep in GRIDS]
     return pd.concat(parts, ignore_index=True)
 
 
@@ -116,7 +115,6 @@ def _order(methods) -> list[str]:
     return known + sorted(set(methods) - set(known))
 
 
-# ----------------------------------------------------------------------------- init table
 def init_table(runs: pd.DataFrame, capture: dict | None = None, inits=INITS) -> pd.DataFrame:
     """Per init: subspace, frozen factor, residual, model unchanged at step 0, data it reads, and its cost:
     seconds of the data-aware statistics in the runs (mean over the runs' ``init`` fields, on the device the
@@ -143,7 +141,6 @@ def init_table(runs: pd.DataFrame, capture: dict | None = None, inits=INITS) -> 
     return pd.DataFrame(rows)
 
 
-# ----------------------------------------------------------------------------- results
 def by_seed(runs: pd.DataFrame, task: str, method: str, quantity: str = "final") -> dict:
     r = runs[(runs["task"] == task) & (runs["method"] == method)]
     return {int(s): float(v) for s, v in zip(r["seed"], r[quantity])}
@@ -167,7 +164,7 @@ def results_table(runs: pd.DataFrame, seeds=None) -> pd.DataFrame:
 def comparisons(runs: pd.DataFrame, baseline: str = BASELINE, quantity: str = "final",
                 exclude=("full",), seeds=None) -> pd.DataFrame:
     """init − baseline on ``quantity`` per task, paired by seed over the seeds both have (within ``seeds``
-    if given); Holm over the whole family (all rows).  Columns of :func:`harness.stats.paired` plus
+    if given); Holm over the whole family (all rows).  Columns of :func:`harness.analysis.stats.paired` plus
     task, init, p_holm, finding."""
     comps = []
     for task in [t for t in TASKS if t in set(runs["task"])]:
@@ -187,7 +184,6 @@ def comparisons(runs: pd.DataFrame, baseline: str = BASELINE, quantity: str = "f
     return out
 
 
-# ----------------------------------------------------------------------------- capture
 def capture_runs(capture: dict) -> pd.DataFrame:
     """One row per (task, seed, init): mean capture over layers, ‖G‖²-pooled capture, flags."""
     rows = [{"task": c["task"], "seed": c["seed"], "init": c["init"], "capture": c["mean"], "pooled": c["pooled"],
@@ -250,7 +246,7 @@ def outcome_points(runs: pd.DataFrame, capture: dict) -> pd.DataFrame:
 
 def correlations(points: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
     """Spearman ρ of capture against each outcome, per task, over all inits and over those that leave the
-    model unchanged at step 0; 95 % bootstrap interval (:func:`harness.stats.spearman_ci`)."""
+    model unchanged at step 0; 95 % bootstrap interval (:func:`harness.analysis.stats.spearman_ci`)."""
     rows = []
     for task in [t for t in TASKS if t in set(points["task"])]:
         pt = points[points["task"] == task]
@@ -261,209 +257,3 @@ def correlations(points: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
                 rows.append({"task": task, "outcome": q, "inits": subset, **r})
     return pd.DataFrame(rows)
 
-
-# ----------------------------------------------------------------------------- figures
-def _figure(nrows: int, ncols: int, size=(4.6, 3.6)):
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
-    return fig, fig.subplots(nrows, ncols, squeeze=False)
-
-
-def png(fig, dpi: int = 110) -> bytes:
-    """A Figure as PNG bytes (for ``IPython.display.Image(data=...)``)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
-
-
-def forest_figure(comp: pd.DataFrame):
-    """Paired difference init − random with its 95 % interval, one panel per task; filled = Holm finding."""
-    tasks = [t for t in TASKS if t in set(comp["task"])]
-    fig, axes = _figure(1, len(tasks), (4.8, 4.6))
-    for ax, task in zip(axes[0], tasks):
-        c = comp[comp["task"] == task].reset_index(drop=True)
-        y = np.arange(len(c))[::-1]
-        for yi, (_, row) in zip(y, c.iterrows()):
-            color = "C3" if row["init"] in STEP0_CHANGED else ("C1" if row["init"] in NEW else "C0")
-            ax.plot([row["lo"], row["hi"]], [yi, yi], color=color, lw=1.6)
-            ax.plot(row["diff"], yi, "o", color=color, mfc=color if row["finding"] else "white", ms=6)
-        ax.axvline(0, color="k", lw=0.8)
-        ax.set_yticks(y, [f"{i} (n={n})" for i, n in zip(c["init"], c["n"])])
-        metric = "accuracy" if task == "mrpc" else "MCC"
-        ax.set_xlabel(f"Δ final dev {metric} vs random")
-        ax.set_title(task.upper() if task != "cola" else "CoLA")
-        ax.grid(axis="x", alpha=0.3)
-    return fig
-
-
-def scatter_figure(points: pd.DataFrame, corr: pd.DataFrame):
-    """Capture (x, log scale) against each outcome (columns) per task (rows), points labelled by init;
-    hollow = the model changes at step 0; panel title: Spearman ρ [95 % CI] over all inits."""
-    tasks = [t for t in TASKS if t in set(points["task"])]
-    fig, axes = _figure(len(tasks), len(OUTCOMES), (4.4, 3.6))
-    for i, task in enumerate(tasks):
-        pt = points[points["task"] == task]
-        for j, q in enumerate(OUTCOMES):
-            ax = axes[i][j]
-            for _, row in pt.iterrows():
-                color = "C3" if row["step0_changed"] else ("C1" if row["init"] in NEW else "C0")
-                ax.plot(row["capture"], row[q], "o", color=color, mfc="white" if row["step0_changed"] else color, ms=5)
-                ax.annotate(row["init"], (row["capture"], row[q]), fontsize=6.5, xytext=(3, 2),
-                            textcoords="offset points")
-            ax.set_xscale("log")
-            c = corr[(corr["task"] == task) & (corr["outcome"] == q) & (corr["inits"] == "all")].iloc[0]
-            name = "CoLA" if task == "cola" else task.upper()
-            ax.set_title(f"{name}: ρ = {c['rho']:.2f} [{c['lo']:.2f}, {c['hi']:.2f}]", fontsize=9)
-            ax.set_xlabel("step-0 capture (mean over layers)")
-            ax.set_ylabel(OUTCOMES[q], fontsize=8)
-            ax.grid(alpha=0.3)
-    return fig
-
-
-def heatmap_figure(capture: dict):
-    """Capture per layer (columns) and init (rows), one panel per task, mean over seeds; the last two rows
-    are G's top-r and top-2r energy shares (the ceilings)."""
-    tasks = [t for t in TASKS if any(p["task"] == t for p in capture["parts"])]
-    fig, axes = _figure(1, len(tasks), (5.2, 5.0))
-    im = None
-    for ax, task in zip(axes[0], tasks):
-        mat = capture_layers(capture, task)
-        im = ax.imshow(mat.values, vmin=0, vmax=1, cmap="viridis", aspect="auto")
-        ax.set_xticks(range(mat.shape[1]), mat.columns, rotation=90, fontsize=7)
-        ax.set_yticks(range(mat.shape[0]), mat.index, fontsize=7)
-        ax.axhline(mat.shape[0] - 2.5, color="w", lw=1.5)
-        for (yi, xi), v in np.ndenumerate(mat.values):
-            label = f"{v:.2f}"
-            ax.text(xi, yi, label[1:] if label.startswith("0") else label, ha="center", va="center", fontsize=5,
-                    color="k" if v > 0.6 else "w")
-        ax.set_xlabel("layer (block.q / block.v)")
-        ax.set_title("CoLA" if task == "cola" else task.upper())
-    if im is not None:
-        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="capture")
-    return fig
-
-
-# ----------------------------------------------------------------------------- what the page shows
-def _name(task: str) -> str:
-    return "CoLA" if task == "cola" else task.upper()
-
-
-def results_display(res: pd.DataFrame) -> pd.DataFrame:
-    """init × task: ``lr`` and ``mean ± sd (n)`` of the final dev metric (4 decimals)."""
-    out = {}
-    for task in [t for t in TASKS if t in set(res["task"])]:
-        r = res[res["task"] == task].set_index("init")
-        metric = r["metric"].iloc[0]
-        out[f"{_name(task)} lr"] = r["lr"].map(lambda v: f"{v:g}")
-        out[f"{_name(task)} {metric}"] = [f"{m:.4f} ± {s:.4f} ({n})" for m, s, n in zip(r["mean"], r["sd"], r["n"])]
-    df = pd.DataFrame(out)
-    df = df.loc[_order(df.index)]
-    return df.rename_axis("init").reset_index()
-
-
-def comparisons_display(comp: pd.DataFrame) -> pd.DataFrame:
-    """One row per comparison: task, init, n, difference with its 95 % interval, p, Holm p, finding."""
-    return pd.DataFrame({
-        "task": comp["task"].map(_name), "init": comp["init"], "n": comp["n"],
-        "init − random": [f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]" for d, lo, hi in zip(comp["diff"], comp["lo"], comp["hi"])],
-        "p": comp["p"], "p (Holm)": comp["p_holm"], "finding": comp["finding"].map({True: "yes", False: ""})})
-
-
-def capture_display(caps: pd.DataFrame, ref: pd.DataFrame) -> pd.DataFrame:
-    """init × task: capture ``mean ± sd`` over seeds (layer mean) and the ‖G‖²-pooled capture; last rows:
-    G's top-r and top-2r energy shares (the ceilings)."""
-    out = {}
-    for task in [t for t in TASKS if t in set(caps["task"])]:
-        c = caps[caps["task"] == task].set_index("init")
-        out[f"{_name(task)} capture"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(c["capture"], c["capture_sd"])]
-        out[f"{_name(task)} pooled"] = [f"{p:.3f}" for p in c["pooled"]]
-        rf = ref.set_index("task").loc[task]
-        out[f"{_name(task)} capture"] += [f"{rf['top_r']:.3f}", f"{rf['top_2r']:.3f}"]
-        out[f"{_name(task)} pooled"] += ["", ""]
-    index = list(caps[caps["task"] == caps["task"].iloc[0]]["init"]) + ["G top-r (ceiling, B₀ = 0)", "G top-2r (ceiling)"]
-    return pd.DataFrame(out, index=index).rename_axis("init").reset_index()
-
-
-def correlations_display(corr: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({
-        "task": corr["task"].map(_name), "outcome": corr["outcome"].map(OUTCOMES), "inits": corr["inits"],
-        "n": corr["n"], "Spearman ρ [95 % bootstrap]": [f"{r:+.2f} [{lo:+.2f}, {hi:+.2f}]"
-                                                       for r, lo, hi in zip(corr["rho"], corr["lo"], corr["hi"])],
-        "p": corr["p"]})
-
-
-def page_numbers(runs: pd.DataFrame, comp: pd.DataFrame, caps: pd.DataFrame, ref: pd.DataFrame,
-                 corr: pd.DataFrame, capture: dict, res: pd.DataFrame) -> dict:
-    """The numbers and short phrases the chapter's prose pastes (``myst_nb.glue``), by name."""
-    g: dict = {}
-    g["n_comparisons"] = int(len(comp))
-    g["n_ahead"] = int(((comp["diff"] > 0) & comp["finding"]).sum())
-    behind = comp[(comp["diff"] < 0) & comp["finding"]]
-    g["n_behind"] = int(len(behind))
-    g["behind_text"] = "; ".join(f"{i} on {_name(t)}, {d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-                                 for t, i, d, lo, hi in zip(behind["task"], behind["init"], behind["diff"],
-                                                            behind["lo"], behind["hi"])) or "none"
-    for task in TASKS:
-        c = caps[caps["task"] == task].set_index("init")
-        for init in ("random", "lora_ga", "lora_fa_grad", "eva", "svd", "svd_minor"):
-            if init in c.index:
-                g[f"cap_{init}_{task}"] = float(c.loc[init, "capture"])
-                g[f"pooled_{init}_{task}"] = float(c.loc[init, "pooled"])
-        rf = ref.set_index("task")
-        if task in rf.index:
-            g[f"top_r_{task}"], g[f"top_2r_{task}"] = float(rf.loc[task, "top_r"]), float(rf.loc[task, "top_2r"])
-        rt = res[(res["task"] == task) & (res["init"].isin(INITS))].sort_values("mean", ascending=False)
-        g[f"top3_{task}"] = ", ".join(rt["init"].head(3))
-        g[f"top3_mean_{task}"] = float(rt["mean"].head(3).mean()) if len(rt) else math.nan
-        if "random" in set(rt["init"]):
-            g[f"random_mean_{task}"] = float(rt.set_index("init").loc["random", "mean"])
-        for q in OUTCOMES:
-            for subset, tag in (("all", "all"), ("unchanged at step 0", "unch")):
-                row = corr[(corr["task"] == task) & (corr["outcome"] == q) & (corr["inits"] == subset)]
-                if len(row):
-                    r = row.iloc[0]
-                    g[f"rho_{q}_{task}_{tag}"] = float(r["rho"])
-                    g[f"rho_{q}_{task}_{tag}_lo"], g[f"rho_{q}_{task}_{tag}_hi"] = float(r["lo"]), float(r["hi"])
-                    g[f"rho_{q}_{task}_{tag}_n"] = int(r["n"])
-                    g[f"rho_{q}_{task}_{tag}_p"] = float(r["p"])
-        for init in ("lora_ga", "eva", "lora_fa_grad"):
-            row = comp[(comp["task"] == task) & (comp["init"] == init)]
-            if len(row):
-                r = row.iloc[0]
-                g[f"diff_{init}_{task}"], g[f"lo_{init}_{task}"], g[f"hi_{init}_{task}"] = r["diff"], r["lo"], r["hi"]
-                g[f"pholm_{init}_{task}"] = r["p_holm"]
-        nd = runs[runs["task"] == task]["n_dev"].dropna() if "n_dev" in runs else []
-        if len(nd):
-            g[f"n_dev_{task}"] = int(nd.iloc[0])
-            g[f"one_example_{task}"] = 1 / int(nd.iloc[0])
-        first = runs[(runs["task"] == task) & runs["method"].isin(INITS)]
-        if len(first):
-            g[f"first_epoch_{task}"] = float(first["first_epoch"].median())
-            g[f"first_zero_runs_{task}"] = int((first["first"] == 0).sum())
-            g[f"n_runs_{task}"] = int(len(first))
-            losses = first.groupby("method")["loss_epoch1"].mean()
-            g[f"loss_range_{task}"] = float(losses.max() - losses.min())
-    gr = pd.DataFrame([{"task": p["task"], "kind": n.rsplit(".", 1)[-1], **v}
-                       for p in capture["parts"] for n, v in p["gradient"].items()])
-    for kind in ("query", "value"):
-        k = gr[gr["kind"] == kind]
-        if len(k):
-            g[f"top1_{kind}"] = float(k["top_1"].mean()) if "top_1" in k else math.nan
-            if "in_w_bottom_rows" in k:
-                g[f"bottom_rows_{kind}"] = float(k["in_w_bottom_rows"].mean())
-                g[f"top_rows_{kind}"] = float(k["in_w_top_rows"].mean())
-    prov = capture["provenance"]
-    g["capture_seconds"] = float(prov["seconds"])
-    g["capture_parts"] = len(capture["parts"])
-    g["capture_batches"] = int(prov["batches"])
-    g["capture_examples"] = int(prov["batches"]) * int(prov["batch_size"])
-    ov = [c.get("run_A_overlap") for p in capture["parts"] for c in p["captures"] if c.get("run_A_overlap") is not None]
-    g["min_overlap"] = float(min(ov)) if ov else math.nan
-    g["expected_random"] = int(prov["rank"]) / 384
-    g["n_seeds_new"] = int(runs[runs["method"].isin(NEW)].groupby(["task", "method"])["seed"].nunique().max()) \
-        if runs["method"].isin(NEW).any() else 0
-    g["n_seeds_round1"] = int(runs[runs["method"].isin(ROUND1)].groupby(["task", "method"])["seed"].nunique().max()) \
-        if runs["method"].isin(ROUND1).any() else 0
-    # plain Python values: glue pastes their text/plain repr, which must parse as a number
-    return {k: float(v) if isinstance(v, np.floating) else int(v) if isinstance(v, np.integer) else v
-            for k, v in g.items()}

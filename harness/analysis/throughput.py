@@ -6,18 +6,11 @@ Runs per hour of a lever = runs / wall time of its whole grid call; a ratio is n
 """
 from __future__ import annotations
 
-import json
 import statistics
-from pathlib import Path
+
+from .benchmark import load_benchmark  # noqa: F401  (the page reads the benchmark through this module)
 
 LEVER_ORDER = "abcde"
-
-
-def load_benchmark(path: str | Path) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def lever_rows(bench: dict) -> list[dict]:
@@ -109,4 +102,29 @@ def per_run_rows(bench: dict, quick_logs: list[dict]) -> list[dict]:
         q = proj["quick_mrpc"]
         rows.append(dict(what="quick MRPC run, baseline, projected", seconds=q["baseline_s"], n=None))
         rows.append(dict(what="quick MRPC run, combination, projected", seconds=q["combined_s"], n=None))
+    return rows
+
+
+def full_run_rows(reference_logs: list[dict], candidate_logs: list[dict], workers: int = 2) -> list[dict]:
+    """Full-length runs measured, not projected: per task, the median logged wall time of the same
+    configs (task, method, seed) in a reference grid (round 1: ``logs/quick``, one run at a time on
+    2 threads, fp32) and a candidate grid run in the new default's per-run setting (``logs/precision_cpu``:
+    1 thread, bf16, in-process), and the runs per hour of ``workers`` such runs side by side on the 2
+    cores, 3600·workers / median, against 3600 / the reference median.  The candidate runs shared the
+    machine with other single-thread work, so their wall times include that contention."""
+    def key(lg):
+        c = lg["config"]
+        return c["task"], c["method"], c["seed"], c["lr"]
+    cand = {key(lg): lg for lg in candidate_logs if lg.get("status", "ok") == "ok"}
+    rows = []
+    for task in sorted({k[0] for k in cand}):
+        pairs = [(lg, cand[key(lg)]) for lg in reference_logs
+                 if lg.get("status", "ok") == "ok" and key(lg) in cand and key(lg)[0] == task]
+        if not pairs:
+            continue
+        ref = statistics.median(a["wall_time_s"] for a, _ in pairs)
+        new = statistics.median(b["wall_time_s"] for _, b in pairs)
+        rows.append(dict(task=task, n=len(pairs), reference_s=ref, candidate_s=new,
+                         rph_reference=3600 / ref, rph_candidate=workers * 3600 / new,
+                         ratio=(workers * 3600 / new) / (3600 / ref)))
     return rows

@@ -65,13 +65,20 @@ def mean_sd(values) -> tuple[float, float, int]:
     return (float(v.mean()) if len(v) else math.nan, float(v.std(ddof=1)) if len(v) > 1 else math.nan, len(v))
 
 
+def format_pm(mean: float, std: float | None, digits: int = 2) -> str:
+    """``"0.52 ± 0.03"``; no ± when ``std`` is None or not finite; ``"n/a"`` when ``mean`` is not finite."""
+    if mean is None or not math.isfinite(mean):
+        return "n/a"
+    if std is None or not math.isfinite(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
 def format_mean_std(mean: float, std: float, n: int, digits: int = 3) -> str:
     """``"0.812 ± 0.011 (n=3)"``; one value: ``"0.812 (n=1)"``; none: ``"n/a (n=0)"``."""
     if n == 0 or not np.isfinite(mean):
         return f"n/a (n={n})"
-    if n == 1 or not np.isfinite(std):
-        return f"{mean:.{digits}f} (n={n})"
-    return f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})"
+    return f"{format_pm(mean, std if n > 1 else None, digits)} (n={n})"
 
 
 def spearman_ci(x, y, n_boot: int = 2000, seed: int = 0) -> dict:

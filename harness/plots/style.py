@@ -1,0 +1,127 @@
+"""The one home of figure styling, saving and the manifest: every figure of :mod:`harness.plots` is a
+matplotlib ``Figure`` that is never registered with pyplot (no global state, nothing to close), saved
+atomically (:func:`harness.logs.write_atomic`) or shown as a PNG, and each saved file gets a manifest entry
+``{"path", "caption", "runs"}`` whose caption names the runs it is built from."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..logs import write_atomic, write_json_atomic
+
+DPI = 130
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, panel=(4.6, 3.4), size=None, min_cols: int = 1,
+               squeeze: bool = False, **kw):
+    """(Figure, axes): ``size`` = the whole figure in inches, else ``panel`` per subplot over
+    max(ncols, ``min_cols``) columns; constrained layout; axes a 2-d array unless ``squeeze``."""
+    from matplotlib.figure import Figure
+    figsize = size if size is not None else (panel[0] * max(ncols, min_cols), panel[1] * nrows)
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze, **kw)
+
+
+def style():
+    """Seaborn styling as a context manager (rcParams are restored afterwards)."""
+    import matplotlib as mpl
+    import seaborn as sns
+
+    @contextlib.contextmanager
+    def ctx():
+        with mpl.rc_context(), sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.8):
+            yield
+    return ctx()
+
+
+def method_colors() -> dict:
+    """One tab10 colour per method of :data:`harness.config.METHODS`."""
+    import seaborn as sns
+
+    from ..config import METHODS
+    return dict(zip(METHODS, sns.color_palette("tab10", len(METHODS))))
+
+
+def png(fig, dpi: int = 110) -> bytes:
+    """A Figure as PNG bytes (for ``IPython.display.Image(data=...)``)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def show(fig, path=None, dpi: int = DPI) -> None:
+    """Display a Figure as a PNG (a page's cell output), optionally also writing it to ``path``."""
+    from IPython.display import Image, display
+    data = png(fig, dpi)
+    if path is not None:
+        write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+    display(Image(data=data))
+
+
+def save(fig, fig_dir, name: str) -> Path:
+    """``fig_dir/<name>.png`` at :data:`DPI`, atomically; the figure is cleared afterwards."""
+    path = write_atomic(Path(fig_dir) / f"{name}.png", lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
+    fig.clear()
+    return path
+
+
+def write_table(df, fig_dir, stem: str, json_too: bool = True) -> Path:
+    """``fig_dir/<stem>.csv`` (list cells, e.g. singular values, as JSON text rounded to 8 digits) and, with
+    ``json_too``, ``<stem>.json`` (records).  Returns the CSV's path."""
+    d = Path(fig_dir)
+    out = df.copy()
+    for c in out.columns:
+        if out[c].map(lambda v: isinstance(v, (list, tuple, np.ndarray))).any():
+            out[c] = out[c].map(lambda v: json.dumps([round(float(x), 8) for x in v])
+                                if isinstance(v, (list, tuple, np.ndarray)) else v)
+    csv = write_atomic(d / f"{stem}.csv", lambda tmp: out.to_csv(tmp, index=False))
+    if json_too:
+        write_json_atomic(d / f"{stem}.json", json.loads(df.to_json(orient="records")))
+    return csv
+
+
+def entry(path: Path, caption: str, logs: list[dict]) -> dict:
+    """A manifest entry: the file, its caption, and the run ids it is built from."""
+    return {"path": str(path), "caption": caption, "runs": sorted(lg["run_id"] for lg in logs)}
+
+
+def merge_manifest(fig_dir, entries: dict) -> None:
+    """Add ``entries`` to ``fig_dir/manifest.json`` (created if needed)."""
+    path = Path(fig_dir) / "manifest.json"
+    old = {}
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = {}
+    write_json_atomic(path, {**old, **entries})
+
+
+def in_notebook() -> bool:
+    ip = sys.modules.get("IPython")
+    if ip is None:
+        return False
+    try:
+        shell = ip.get_ipython()
+    except Exception:
+        return False
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def display_entries(manifest: dict, show: bool | None) -> None:
+    """In a Jupyter kernel (``show=None``) or when asked, show the saved PNGs with their captions."""
+    if not (in_notebook() if show is None else show):
+        return
+    try:
+        from IPython.display import Image, Markdown, display
+    except ImportError:
+        return
+    for name, e in manifest.items():
+        if e["path"].endswith(".png"):
+            display(Image(filename=e["path"]))
+            display(Markdown(f"**{name}**: {e['caption']}"))
