@@ -52,17 +52,11 @@ def manifest(grid: str) -> dict:
 
 def show_figure(grid: str, name: str) -> None:
     """Display a figure of ``figures/<grid>/`` with its caption (which names its runs)."""
-    from IPython.display import Image, Markdown, display
+    from IPython.display import Markdown, display
 
-    entry = manifest(grid).get(name)
-    if entry is None:
-        display(Markdown(f"*(figure `{name}` of grid `{grid}` not built yet: run `make figures`)*"))
-        return
-    path = Path(entry["path"])
-    if not path.is_absolute():
-        path = figures_root() / grid / path.name
-    display(Image(filename=str(path)))
-    display(Markdown(f"**Figure.** {entry['caption']}"))
+    entry = _show_png(grid, name)
+    if entry is not None:
+        display(Markdown(f"**Figure.** {entry['caption']}"))
 
 
 def show_table(df, caption: str | None = None, floatfmt: int = 4, empty: str = "no runs logged yet") -> None:
@@ -377,16 +371,23 @@ def figure(grid: str, name: str) -> None:
     """Display only the PNG of figure ``name`` of ``figures/<grid>/``, as the cell's single output, so that the
     cell's ``mystnb: figure:`` metadata (caption and ``name`` for ``{numref}``) wraps it; when the figure is not
     built, a one-line note takes its place."""
+    _show_png(grid, name)
+
+
+def _show_png(grid: str, name: str) -> dict | None:
+    """Display the PNG of figure ``name`` of ``figures/<grid>/``; its manifest entry, or None (and a note)
+    when it is not built."""
     from IPython.display import Image, Markdown, display
 
     entry = manifest(grid).get(name)
     if entry is None:
         display(Markdown(f"*(figure `{name}` of grid `{grid}` not built: `python -m harness figures` makes it)*"))
-        return
+        return None
     path = Path(entry["path"])
     if not path.is_absolute():
         path = figures_root() / grid / path.name
     display(Image(filename=str(path)))
+    return entry
 
 
 def glue_all(values: dict) -> None:
