@@ -1,5 +1,8 @@
 """LoRA init families beyond :mod:`lora.core`'s own, each one a choice of subspace, plus the data they need.
 
+(Over 400 lines on purpose: seven inits, each a short function with its math, and the statistics they
+share; one file keeps the family and its PEFT-equivalence notes side by side.)
+
 Notation as in :mod:`lora.core`: one adapted ``nn.Linear`` with weight W (out×in),
 
     y = x Wᵀ + s · x Aᵀ Bᵀ        A: r×in,  B: out×r,  s = alpha/r  (alpha/√r with rsLoRA)

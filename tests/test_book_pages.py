@@ -8,7 +8,7 @@ import math
 import pytest
 from scipy import stats
 
-from harness import book
+from harness import round1_page as r1
 from test_report import make_log, write_logs
 
 RANDOM = {0: 0.80, 1: 0.84, 2: 0.79}
@@ -23,22 +23,22 @@ def grid_dir(tmp_path):
 
 
 def test_round1_comparisons_carry_the_t_interval(grid_dir):
-    (c,) = book.round1_comparisons(grid_dir)
+    (c,) = r1.round1_comparisons(grid_dir)
     d = [SVD[s] - RANDOM[s] for s in RANDOM]
     mean, sd = sum(d) / 3, stats.tstd(d)
     half = stats.t.ppf(0.975, 2) * sd / math.sqrt(3)
     assert (c["a"], c["b"], c["quantity"], c["n"]) == ("random", "svd", "final", 3)
     assert c["lo"] == pytest.approx(mean - half) and c["hi"] == pytest.approx(mean + half)
     assert c["finding"] == (c["p"] < 0.05)          # svd ahead in all three seeds
-    row = book.round1_comparison_frame(grid_dir).iloc[0]
+    row = r1.round1_comparison_frame(grid_dir).iloc[0]
     assert row["difference [95 % interval]"] == f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}]"
     assert row["b ahead"] == "3/3" and "quantity" not in row.index     # one quantity: no column for it
     assert row["verdict"] == ("svd ahead (finding)" if c["finding"] else "not distinguishable")
 
 
 def test_round1_numbers_resolve_every_key_even_without_the_runs(grid_dir, tmp_path):
-    full = book.round1_numbers(grid_dir, tmp_path / "no_benchmark.json")
-    empty = book.round1_numbers(write_logs(tmp_path / "empty", []), tmp_path / "no_benchmark.json")
+    full = r1.round1_numbers(grid_dir, tmp_path / "no_benchmark.json")
+    empty = r1.round1_numbers(write_logs(tmp_path / "empty", []), tmp_path / "no_benchmark.json")
     assert set(full) == set(empty)                  # the page's glue keys never depend on what ran
     assert all(isinstance(v, str) for v in full.values())
     assert full["r1_runs"] == "6" and full["r1_seeds"] == "3"
@@ -48,7 +48,7 @@ def test_round1_numbers_resolve_every_key_even_without_the_runs(grid_dir, tmp_pa
 
 
 def test_trainable_parts_add_up_to_the_logged_counts(tmp_path):
-    parts = book.trainable_parts(model_config={"hidden_size": 384, "num_hidden_layers": 6})
+    parts = r1.trainable_parts(model_config={"hidden_size": 384, "num_hidden_layers": 6})
     assert parts["lora"] == 6 * 2 * 8 * (384 + 384) == 73_728
     assert parts["lora_fa"] == parts["lora"] // 2
     assert parts["pooler"] == 384 * 384 + 384 and parts["classifier"] == 2 * 384 + 2
@@ -63,6 +63,6 @@ def test_trainable_table_sets_logged_beside_the_sum(tmp_path):
     logs[0]["params"]["trainable"] = 222_338
     bench = tmp_path / "benchmark_lora.json"
     bench.write_text(json.dumps({"step_time_ms": {"ours_lora": {"trainable_params": 74_498}}}))
-    table, caption = book.trainable_table(write_logs(tmp_path / "quick", logs), bench)
+    table, caption = r1.trainable_table(write_logs(tmp_path / "quick", logs), bench)
     assert list(table["logged"]) == list(table["sum"]) == [222_338, 74_498]
     assert "pooler" in caption
