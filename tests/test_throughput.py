@@ -226,3 +226,16 @@ def test_an_interrupted_log_is_run_again_by_a_plain_grid_call(glue_fixture, tmp_
     log = read_log(out / f"{run_id(interrupted)}.json")
     assert log["status"] == "ok" and log["final"] is not None and log["config_hash"] == config_hash(interrupted)
     assert (out / f"{run_id(failed)}.json").read_bytes() == failed_bytes     # failed: only with --retry-failed
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns_once_in_one_line(monkeypatch, capsys):
+    import torch
+
+    from harness import grid
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    grid._warn_slow_bf16([{"precision": "bf16"}, {"precision": "bf16"}], "cpu")
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "without native bf16" in out and "precision: fp32" in out
+    grid._warn_slow_bf16([{"precision": "fp32"}], "cpu")           # fp32 runs: nothing to say
+    grid._warn_slow_bf16([{"precision": "bf16"}], "cuda")          # not a CPU: nothing to say
+    assert capsys.readouterr().out == ""
