@@ -6,21 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .analysis.benchmark import load_benchmark
 from .book import log_file
 from .tasks import order_tasks, task_label
 
+
 def _interval(c: dict) -> tuple[float, float]:
-    """95 % t interval of a :func:`harness.analysis.findings.paired` difference: d̄ ± t_{0.975, n−1}·s_d/√n (NaN for n < 2)."""
-    import math
+    """95 % t interval of a :func:`harness.analysis.findings.paired` difference (:func:`harness.analysis.stats.t_interval`)."""
+    from .analysis.stats import t_interval
 
-    import numpy as np
-    from scipy import stats as st
-
-    if c["n"] < 2 or not np.isfinite(c["diff_std"]):
-        return math.nan, math.nan
-    half = float(st.t.ppf(0.975, c["n"] - 1)) * c["diff_std"] / math.sqrt(c["n"])
-    return c["diff"] - half, c["diff"] + half
-
+    return t_interval(c["diff"], c["diff_std"], c["n"])
 
 
 def _diff_ci(c: dict, digits: int = 3) -> str:
@@ -139,9 +134,9 @@ def trainable_table(log_dir, benchmark=None):
                          "pooler": parts["pooler"], "classifier": parts["classifier"],
                          "sum": parts[adapters] + parts["pooler"] + parts["classifier"],
                          "logged": int(logged[method])})
-    path = Path(benchmark) if benchmark else log_file("benchmark_lora.json")
-    if path.is_file():
-        b = json.loads(path.read_text())["step_time_ms"]
+    bj = load_benchmark(Path(benchmark) if benchmark else log_file("benchmark_lora.json"))
+    if bj:
+        b = bj["step_time_ms"]
         rows.append({"what": "speed benchmark, ours_lora", "adapters": parts["lora"], "pooler": 0,
                      "classifier": parts["classifier"], "sum": parts["lora"] + parts["classifier"],
                      "logged": int(b["ours_lora"]["trainable_params"])})
@@ -224,9 +219,8 @@ def round1_numbers(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=None
     parts = trainable_parts()
     for k in ("lora", "lora_fa", "pooler", "classifier"):
         out[f"params_{k}"] = f"{parts[k]:,}"
-    path = Path(benchmark) if benchmark else log_file("benchmark_lora.json")
-    if path.is_file():
-        bj = json.loads(path.read_text())
+    bj = load_benchmark(Path(benchmark) if benchmark else log_file("benchmark_lora.json"))
+    if bj:
         sb, fa, s = bj["saved_bytes"], bj["fa_saving"], bj["settings"]
         out["bench_params_lora"] = f"{bj['step_time_ms']['ours_lora']['trainable_params']:,}"
         out["bench_shape"] = f"{s['batch']} × {s['seq_len']}"

@@ -31,13 +31,21 @@ def paired(a: dict, b: dict) -> dict:
            "diff": float(d.mean()) if n else math.nan, "sd": float(d.std(ddof=1)) if n > 1 else math.nan,
            "lo": math.nan, "hi": math.nan, "p": None, "wins": int((d > 0).sum())}
     if n > 1:
-        half = _st.t.ppf(1 - ALPHA / 2, n - 1) * out["sd"] / math.sqrt(n)
-        out["lo"], out["hi"] = float(out["diff"] - half), float(out["diff"] + half)
+        out["lo"], out["hi"] = t_interval(out["diff"], out["sd"], n)
         if out["sd"] > 0:
             out["p"] = float(_st.ttest_rel([b[s] for s in seeds], [a[s] for s in seeds]).pvalue)
         else:
             out["p"] = 0.0 if out["diff"] != 0 else 1.0
     return out
+
+
+def t_interval(mean: float, sd: float, n: int) -> tuple[float, float]:
+    """The 95 % t interval of a mean of n paired differences: mean ± t_{0.975, n−1}·sd/√n (NaN for n < 2 or a
+    non-finite sd)."""
+    if n < 2 or not math.isfinite(sd):
+        return math.nan, math.nan
+    half = float(_st.t.ppf(1 - ALPHA / 2, n - 1)) * sd / math.sqrt(n)
+    return float(mean - half), float(mean + half)
 
 
 def holm(pvalues: list[float | None]) -> list[float | None]:
