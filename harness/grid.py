@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from .config import config_hash, make_config, run_id
 from .logs import read_log, write_json_atomic
+from .paths import resolve
 from .lock import GridLock
 from .tasks import UserError
 from .validate import EXECUTORS, SPEC_KEYS, validate_spec
@@ -89,7 +90,6 @@ def expand(spec: dict, out: Path | None = None) -> list[dict]:
 
 def _lr_chooser(sweep_path: str):
     """(task, method) → the lr selected on the validation split of the sweep at ``sweep_path``."""
-    from .paths import resolve
     from .protocol import select_lr
     sweep = load_spec(resolve(sweep_path))
     sweep_out = grid_out_dir(sweep)
@@ -163,7 +163,6 @@ def failure_log(cfg: dict, reason: str, wall: float, status: str = "failed") -> 
 def grid_out_dir(spec: dict, out_dir: str | None = None) -> Path:
     """Where a grid's logs go: ``out_dir`` if given, else the spec's ``out_dir``; a relative path is
     taken from the repository root (:func:`harness.paths.resolve`), whatever the current directory."""
-    from .paths import resolve
     return resolve(out_dir or spec.get("out_dir") or f"logs/{spec['name']}")
 
 
