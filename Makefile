@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 GLUE_DIR ?= ../shared/glue
-GRIDS ?= configs/sweep.yaml configs/quick.yaml configs/v2_sweep.yaml configs/v2.yaml configs/inits_sweep.yaml configs/inits.yaml configs/ranks.yaml configs/precision.yaml
+GRIDS ?= configs/sweep.yaml configs/quick.yaml configs/v2_sweep.yaml configs/v2.yaml configs/inits_sweep.yaml configs/inits.yaml configs/ranks.yaml configs/precision.yaml configs/precision_cpu.yaml
 MATHJAX := book/_static/mathjax/tex-chtml.js
 
 .PHONY: study install grid figures book test bench clean-book

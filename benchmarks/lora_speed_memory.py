@@ -91,10 +91,10 @@ def make_batch(vocab_size: int) -> dict[str, torch.Tensor]:
                 labels=torch.randint(0, 2, (BATCH,), generator=g))
 
 
-def ours(init: str = "random", targets=QV, dropout: float = DROPOUT):
+def ours(init: str = "random", targets=QV, dropout: float = DROPOUT, dropout_mask: str = "torch"):
     model = base_model()
     lora.add_lora(model, targets, rank=RANK, alpha=ALPHA, dropout=dropout, init=init, seed=0,
-                  keep_trainable=("classifier",))
+                  keep_trainable=("classifier",), dropout_mask=dropout_mask)
     return model
 
 

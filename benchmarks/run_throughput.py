@@ -21,6 +21,8 @@ Levers (each against the round-1 baseline ``a``, and against the setting it chan
     c  + bf16 autocast                                                              (c vs b)
     d  process, 2 workers × 1 thread, fp32 (two runs at once; both count)            (d vs b)
     e  the combination: process + bf16 + 2 × 1                                       (e vs a)
+    f  e + the int16 dropout mask (lora.Int16Dropout: nn.Dropout's distribution, a cheaper random
+       stream; a numerics change whose equivalence has not been run, so not the grids' default)  (f vs e)
 
 bf16 is first probed on a few real training steps (fp32 vs bf16 autocast, same threads).  A CPU without
 native bf16 matmuls (no ``avx512_bf16``/``amx_bf16`` in /proc/cpuinfo: oneDNN then emulates them) can be
@@ -35,7 +37,8 @@ Also measured, in the same invocation:
   ``run`` is the training steps (forward, backward, AdamW).  One more profiled run at 1 thread
   (each worker's setting in d/e) with ``--profile-1t``.
 * step level, re-measured with benchmarks/lora_speed_memory.py's functions: our LoRA step over the
-  rank-0 floor (no adapter, gradients forced to every q/v output), and ours over PEFT.
+  rank-0 floor (no adapter, gradients forced to every q/v output), and ours over PEFT; the same with
+  the int16 dropout mask (``ours_int16``).
 * the weight-SVD inits (svd, svd_naive, lora_fa_svd, svd_seed, svd_minor, olora; random for reference):
   seconds of ``lora.add_lora`` on the model, as a fraction of one epoch of the full MRPC training set
   (estimated from the profile: steps per epoch × seconds per step + 4 evaluations).
@@ -97,6 +100,8 @@ LEVERS = {
               what="process, 2 workers × 1 thread, fp32", against="b"),
     "e": dict(name="combination", executor="process", workers=2, threads=1, precision="bf16",
               what="process + bf16 + 2 × 1", against="a"),
+    "f": dict(name="+ int16 dropout mask", executor="process", workers=2, threads=1, precision="bf16",
+              dropout_mask="int16", what="process + bf16 + 2 × 1 + int16 dropout mask", against="e"),
 }
 
 
@@ -184,7 +189,8 @@ def spec_for(key: str, args) -> dict:
     seeds = list(range(args.runs_per_worker * lv["workers"]))
     return dict(name=f"throughput_{key}", preset="quick", tasks=["mrpc"], methods=["random"], seeds=seeds,
                 overrides=dict(max_train_examples=args.examples, epochs=1, evals_per_epoch=EVALS_PER_EPOCH,
-                               precision=lv["precision"], rank=8, targets=["query", "value"]))
+                               precision=lv["precision"], rank=8, targets=["query", "value"],
+                               dropout_mask=lv.get("dropout_mask", "torch")))
 
 
 def run_lever(key: str, args, tmp: Path, profile: Profile | None = None) -> dict:
@@ -287,10 +293,12 @@ def step_ratios(threads: int, steps: int, warmup: int) -> dict:
     lsm = speed_memory_module()
     torch.set_num_threads(threads)
     batch = lsm.make_batch(lsm.base_model().config.vocab_size)
-    models = {"ours_lora": lsm.ours(), "peft_lora": lsm.peft_lora(), "floor_qv": lsm.backprop_floor()}
+    models = {"ours_lora": lsm.ours(), "ours_int16": lsm.ours(dropout_mask="int16"), "peft_lora": lsm.peft_lora(),
+              "floor_qv": lsm.backprop_floor()}
     times = lsm.time_steps({n: lsm.Stepper(m, batch) for n, m in models.items()}, steps, warmup)
     med = {n: 1e3 * statistics.median(t) for n, t in times.items()}
-    pairs = {"ours_over_floor": ("ours_lora", "floor_qv"), "ours_over_peft": ("ours_lora", "peft_lora")}
+    pairs = {"ours_over_floor": ("ours_lora", "floor_qv"), "ours_over_peft": ("ours_lora", "peft_lora"),
+             "ours_int16_over_floor": ("ours_int16", "floor_qv"), "ours_int16_over_peft": ("ours_int16", "peft_lora")}
     return dict(threads=threads, steps=steps, warmup=warmup, batch=lsm.BATCH, seq_len=lsm.SEQ_LEN,
                 median_ms=med, ratios={k: med[a] / med[b] for k, (a, b) in pairs.items()},
                 ratios_paired_median={k: statistics.median(x / y for x, y in zip(times[a], times[b]))
@@ -413,7 +421,7 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=640, help="MRPC training examples per run (one epoch)")
     ap.add_argument("--runs-per-worker", type=int, default=2, help="runs per worker in every lever (seeds 0, 1, ...)")
     ap.add_argument("--data-dir", default=os.environ.get("GLUE_DIR") or str((ROOT / ".." / "shared" / "glue").resolve()))
-    ap.add_argument("--levers", default="abcde", help="which levers to run (letters)")
+    ap.add_argument("--levers", default="abcdef", help="which levers to run (letters)")
     ap.add_argument("--force-bf16", action="store_true", help="run the bf16 levers even if the probe finds bf16 slower")
     ap.add_argument("--profile-1t", action=argparse.BooleanOptionalAction, default=True,
                     help="one more profiled run at 1 thread (a worker's setting in d/e)")

@@ -297,7 +297,7 @@ def run(cfg: dict, out_dir: str | os.PathLike = "logs/adhoc", data_dir: str | No
                          "seconds": round(time.time() - t_init, 3), "split": "train"}
         lora.add_lora(model, cfg["targets"], rank=cfg["rank"], alpha=cfg["alpha"], dropout=cfg["dropout"],
                       init=cfg["method"], svd_method=cfg["svd_method"], niter=cfg["niter"], seed=cfg["seed"],
-                      stats=stats, rslora=bool(cfg.get("rslora")))
+                      stats=stats, rslora=bool(cfg.get("rslora")), dropout_mask=cfg.get("dropout_mask") or "torch")
     model.to(dev).train()
 
     params, optimizer = make_optimizer(model, cfg, dev)

@@ -121,7 +121,8 @@ def capture_one(task: str, seed: int, data_dir, inits=INITS, run_lrs: dict | Non
         t_init = time.time()
         lora.add_lora(m, cfg["targets"], rank=cfg["rank"], alpha=cfg["alpha"], dropout=cfg["dropout"], init=init,
                       svd_method=cfg["svd_method"], niter=cfg["niter"], seed=cfg["seed"], keep_trainable=cfg["head"],
-                      stats=stats if init in lora.DATA_INITS else None, rslora=bool(cfg.get("rslora")))
+                      stats=stats if init in lora.DATA_INITS else None, rslora=bool(cfg.get("rslora")),
+                      dropout_mask=cfg.get("dropout_mask") or "torch")
         init_s = time.time() - t_init
         adapted = lora.lora_layers(m)
         per_layer = {n: lora.layer_capture(adapted[n], stats[n].grad) for n in layers}

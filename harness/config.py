@@ -25,7 +25,7 @@ DEFAULTS = dict(
     model=None, rank=8, alpha=16.0, dropout=0.1, targets=["query", "value"], head=["classifier", "pooler"],
     lr={"lora": 5e-4, "full": 5e-5}, epochs=3, batch_size=32, max_length=128, warmup_ratio=0.06, weight_decay=0.01,
     evals_per_epoch=4, max_train_examples=None, group_by_length=True, svd_method="full", niter=4,
-    precision="fp32", val_fraction=None, init_batches=None, rslora=False,
+    precision="fp32", val_fraction=None, init_batches=None, rslora=False, dropout_mask="torch",
 )
 
 # Fields added after the round-1 grid: left out of the hash while they hold the value that round-1 runs
@@ -34,7 +34,8 @@ DEFAULTS = dict(
 #   val_fraction  None (train on all of train) or the fraction held out of train as a validation split
 #   init_batches  training batches the data-aware inits (lora.DATA_INITS) read; set for those methods only
 #   rslora        s = alpha/sqrt(r) instead of alpha/r
-LEGACY = dict(precision="fp32", val_fraction=None, init_batches=None, rslora=False)
+#   dropout_mask  "torch" (nn.Dropout) or "int16" (lora.Int16Dropout: same distribution, cheaper random stream)
+LEGACY = dict(precision="fp32", val_fraction=None, init_batches=None, rslora=False, dropout_mask="torch")
 DATA_INIT_BATCHES = 8
 
 PRESETS: dict[str, dict] = {

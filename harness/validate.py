@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lora import SVD_METHODS
+from lora import DROPOUT_MASKS, SVD_METHODS
 
 from . import tasks as tasks_module
 from .tasks import TASKS, UserError, get_task
@@ -147,9 +147,11 @@ CONFIG_RULES: dict[str, Rule] = {
     "capture_batches": Int(0),
     "init_batches": Int(1, null=True),   # None except for the data-aware inits (lora.DATA_INITS)
     "rslora": BOOL,
+    "dropout_mask": Choice(*DROPOUT_MASKS),
 }
 # Fields that do not apply to full fine-tuning: make_config sets them to None for method "full".
-ADAPTER_ONLY = frozenset({"rank", "alpha", "dropout", "targets", "svd_method", "niter", "rslora", "init_batches"})
+ADAPTER_ONLY = frozenset({"rank", "alpha", "dropout", "targets", "svd_method", "niter", "rslora", "init_batches",
+                          "dropout_mask"})
 
 # Grid spec keys (harness.grid); "overrides", "vary" and "blocks" are checked by validate_spec itself.
 EXECUTORS = ("notebook", "process")     # how the grid runs a config (harness.grid.run_grid)

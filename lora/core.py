@@ -59,6 +59,7 @@ from .inits import LayerStats
 
 INIT_METHODS = ("random", "svd", "svd_naive", "lora_fa", "lora_fa_svd")   # round 1's: weight-only, any shape
 SVD_METHODS = ("full", "randomized")
+DROPOUT_MASKS = ("torch", "int16")     # how the adapter's dropout mask is drawn (see Int16Dropout)
 FROZEN_A_METHODS = ("lora_fa", "lora_fa_svd")
 EXTRA_INITS = ("svd_seed", *_inits.FAMILIES)               # svd_seed (square W only) + lora/inits.py's families
 ALL_INITS = INIT_METHODS + EXTRA_INITS
@@ -121,6 +122,49 @@ def relative_delta_factors(B: torch.Tensor, A: torch.Tensor, B0: torch.Tensor | 
     return torch.cat([B, -B0], 1), torch.cat([A, A0], 0)
 
 
+class Int16Dropout(nn.Module):
+    """Dropout with the mask drawn from 16-bit integers: the same distribution as ``nn.Dropout`` at a
+    fraction of the random-number cost on a CPU.
+
+    Each element is dropped independently with probability p' = k/2¹⁶, k = round(p·2¹⁶) (so
+    |p' − p| ≤ 2⁻¹⁷ ≈ 7.6e-6), and the kept ones are scaled by 1/(1 − p'), so E[dropout(x)] = x exactly.
+    The uniform integers u ∈ [−2¹⁵, 2¹⁵) are the four 16-bit lanes of 64-bit words from the default
+    generator (``random_`` over the full int64 range; one word per four elements); u < −2¹⁵ + k drops.
+    ``nn.Dropout`` draws one float per element (``bernoulli_``): on this project's CPU (2 threads) 8.4 ms
+    for a 32×75×384 activation against 4.0 ms here (random words 0.75, compare 0.4, select 1.3, scale
+    1.1 ms); :class:`LoRALinear` skips the scale pass by putting 1/(1 − p') on A.  With 12 adapters the
+    mask was most of the adapter's cost above the rank-0 floor.  Saved for backward: the bool mask, as
+    ``nn.Dropout``.  The masks differ from ``nn.Dropout``'s for the same seed (another random stream),
+    not in distribution.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p!r}")
+        self.p = float(p)
+        self.k = min(round(self.p * 65536), 65535)           # dropped lane values: [−2¹⁵, −2¹⁵ + k)
+        self.scale = 65536.0 / (65536 - self.k)               # 1/(1 − p')
+
+    @property
+    def active(self) -> bool:
+        return self.training and self.k > 0
+
+    def keep_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """A fresh bool mask shaped like x: True (kept) with probability 1 − p'."""
+        n = x.numel()
+        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-2**63, None)
+        return words.view(torch.int16)[:n].view(x.shape) >= self.k - 32768
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return x
+        return torch.where(self.keep_mask(x), x, 0.0) * self.scale
+
+    def extra_repr(self) -> str:
+        return f"p={self.p} (p'={self.k}/65536)"
+
+
 class LoRALinear(nn.Module):
     """A frozen ``nn.Linear`` plus a rank-r adapter: ``y = base(x) + s·dropout(x) Aᵀ Bᵀ``.
 
@@ -132,8 +176,10 @@ class LoRALinear(nn.Module):
     def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0,
                  init: str = "random", svd_method: str = "full", niter: int = 4,
                  generator: torch.Generator | None = None, *, stats: LayerStats | None = None,
-                 rslora: bool = False):
+                 rslora: bool = False, dropout_mask: str = "torch"):
         super().__init__()
+        if dropout_mask not in DROPOUT_MASKS:
+            raise ValueError(f"unknown dropout mask {dropout_mask!r}; valid: {', '.join(DROPOUT_MASKS)}")
         out_f, in_f = base.weight.shape
         self.base = base
         self.rank, self.alpha, self.init, self.rslora = rank, float(alpha), init, bool(rslora)
@@ -141,7 +187,8 @@ class LoRALinear(nn.Module):
         self.freeze_A = init in FROZEN_A_INITS
         self.residual = init in RESIDUAL_INITS      # base weight holds W − s·B₀A₀
         self.merged = False
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = (nn.Identity() if dropout == 0 else
+                        nn.Dropout(dropout) if dropout_mask == "torch" else Int16Dropout(dropout))
         w = base.weight
         A = torch.zeros(rank, in_f, dtype=w.dtype, device=w.device)
         B = torch.zeros(out_f, rank, dtype=w.dtype, device=w.device)
@@ -183,7 +230,13 @@ class LoRALinear(nn.Module):
         y = self.base(x)
         if self.merged:
             return y
-        h = F.linear(self.dropout(x), self.lora_A)                     # (..., r): the only adapter activation
+        d = self.dropout
+        if isinstance(d, Int16Dropout) and d.active:
+            # (x ⊙ m / (1 − p')) Aᵀ = (x ⊙ m) (A / (1 − p'))ᵀ: the scale goes on A (r×in), not on the
+            # batch×len×in activation, saving one elementwise pass forward and one backward.
+            h = F.linear(torch.where(d.keep_mask(x), x, 0.0), self.lora_A * d.scale)
+        else:
+            h = F.linear(d(x), self.lora_A)                              # (..., r): the only adapter activation
         # y + s·h Bᵀ in one BLAS call (scale and add fused), instead of materialising s·h Bᵀ first.
         return torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, self.rank), self.lora_B.mT,
                            alpha=self.scaling).view(y.shape)
@@ -226,7 +279,7 @@ def add_lora(model: nn.Module, targets: str | Sequence[str] = ("query", "value")
              alpha: float = 16.0, dropout: float = 0.0, init: str = "random",
              svd_method: str = "full", niter: int = 4, seed: int | None = None,
              keep_trainable: Iterable[str] = (), stats: Mapping[str, LayerStats] | None = None,
-             rslora: bool = False) -> nn.Module:
+             rslora: bool = False, dropout_mask: str = "torch") -> nn.Module:
     """Replace the chosen ``nn.Linear`` layers of ``model`` by :class:`LoRALinear`, in place.
 
     ``targets``: a list of names (a module matches when its name equals one or ends with
@@ -236,12 +289,16 @@ def add_lora(model: nn.Module, targets: str | Sequence[str] = ("query", "value")
     ``keep_trainable`` (e.g. ``["classifier"]``).  ``seed`` makes the init reproducible.
     ``stats``: per-layer :class:`LayerStats` from :func:`lora.collect_layer_stats` (same ``targets``),
     required by the ``DATA_INITS``.  ``rslora``: s = alpha/√r instead of alpha/r.
+    ``dropout_mask``: ``"torch"`` (``nn.Dropout``) or ``"int16"`` (:class:`Int16Dropout`: the same
+    distribution, p rounded to a multiple of 2⁻¹⁶, a cheaper random stream).
     Returns the model.
     """
     if init not in ALL_INITS:
         raise ValueError(f"unknown init {init!r}; valid: {', '.join(ALL_INITS)}")
     if svd_method not in SVD_METHODS:
         raise ValueError(f"unknown svd method {svd_method!r}; valid: {', '.join(SVD_METHODS)}")
+    if dropout_mask not in DROPOUT_MASKS:
+        raise ValueError(f"unknown dropout mask {dropout_mask!r}; valid: {', '.join(DROPOUT_MASKS)}")
     if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
         raise ValueError(f"rank must be a positive integer, got {rank!r}")
     adapted = lora_layers(model)
@@ -276,7 +333,7 @@ def add_lora(model: nn.Module, targets: str | Sequence[str] = ("query", "value")
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         setattr(parent, child, LoRALinear(lin, rank, alpha, dropout, init, svd_method, niter, generator,
-                                          stats=layer_stats[name], rslora=rslora))
+                                          stats=layer_stats[name], rslora=rslora, dropout_mask=dropout_mask))
     mark_only_lora_as_trainable(model, keep_trainable)
     return model
 

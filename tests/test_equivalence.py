@@ -196,6 +196,10 @@ def test_full_run_rows_pair_configs_and_count_two_workers():
     ref = [mklog("mrpc", m, s, 0.7, wall=300.0 + s) for m in ("random", "svd") for s in range(3)]
     ref.append(mklog("mrpc", "full", 0, 0.7, wall=999.0))          # no candidate: left out
     cand = [mklog("mrpc", m, s, 0.7, "bf16", wall=400.0 + s) for m in ("random", "svd") for s in range(3)]
+    cand += [mklog("mrpc", "random", s, 0.7, wall=10.0) for s in range(3)]   # the grid's fp32 references: not candidates
     (row,) = full_run_rows(ref, cand)
     assert row["n"] == 6 and row["reference_s"] == 301.0 and row["candidate_s"] == 401.0
     assert row["ratio"] == pytest.approx(2 * 301.0 / 401.0)
+    cand += [mklog("mrpc", "random", s, 0.7, "bf16", wall=300.0 + s) for s in (3, 4)]   # new seeds: the reference
+    (row,) = full_run_rows(ref, cand, seeds={3, 4})                                      # is every matching run
+    assert row["n"] == 2 and row["n_reference"] == 3 and row["candidate_s"] == 303.5 and row["reference_s"] == 301.0

@@ -239,6 +239,83 @@ def test_dropout_acts_on_adapter_path_only_in_train_mode():
         assert max_diff(model(x), ref(x)) > 1e-3
 
 
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.3])
+def test_int16_dropout_has_nn_dropouts_distribution(p):
+    """Each element dropped with probability p' = round(p·2¹⁶)/2¹⁶, kept ones scaled by 1/(1 − p'), in all
+    four 16-bit lanes of a 64-bit word (a lane with a biased top bit would show at p = 0.5)."""
+    drop = lora.Int16Dropout(p).train()
+    k = round(p * 65536)
+    assert abs(k / 65536 - p) <= 2 ** -17
+    torch.manual_seed(0)
+    x = torch.ones(4000, 1001)                                  # numel not a multiple of 4: the tail word is cut
+    y = drop(x)
+    kept = y != 0
+    assert torch.equal(y[kept], torch.full_like(y[kept], 65536 / (65536 - k)))
+    n = x.numel()
+    sd = (p * (1 - p) / (n / 4)) ** 0.5
+    for lane in range(4):                                       # element i comes from lane i mod 4
+        frac = 1 - kept.flatten()[lane::4].float().mean().item()
+        assert abs(frac - k / 65536) < 6 * sd, (lane, frac)
+    assert y.mean().item() == pytest.approx(1.0, abs=6 * (p / (1 - p) / n) ** 0.5)
+
+
+def test_int16_dropout_is_seeded_identity_in_eval_and_masks_the_gradient():
+    drop = lora.Int16Dropout(0.25)
+    x = torch.randn(3, 7, 11, requires_grad=True)
+    torch.manual_seed(3)
+    y = drop(x)
+    torch.manual_seed(3)
+    assert torch.equal(drop(x), y)                               # the default generator's seed fixes the mask
+    torch.manual_seed(4)
+    assert not torch.equal(drop(x), y)
+    y.sum().backward()
+    assert torch.equal(x.grad, (y != 0).float() * (4 / 3))       # ∂y/∂x = mask / (1 − p'), p' = 0.25 exactly
+    assert drop.eval()(x) is x and lora.Int16Dropout(0.0).train()(x) is x
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got 1.0"):
+        lora.Int16Dropout(1.0)
+
+
+def test_dropout_mask_int16_changes_only_the_training_noise():
+    ref, batch, _ = adapted("mlp", "random", dropout=0.5)
+    model = add_lora(make_mlp(0), MLP_TARGETS, rank=RANK, alpha=ALPHA, dropout=0.5, seed=0, dropout_mask="int16",
+                     keep_trainable=MLP_KEEP)
+    assert all(isinstance(l.dropout, lora.Int16Dropout) for l in lora_layers(model).values())
+    assert all(isinstance(l.dropout, nn.Dropout) for l in lora_layers(ref).values())
+    x = batch["x"]
+    with torch.no_grad():
+        for a, b in zip(lora_layers(model).values(), lora_layers(ref).values()):
+            assert torch.equal(a.lora_A, b.lora_A)                # the mask does not touch the init's random stream
+            a.lora_B.normal_(generator=torch.Generator().manual_seed(1))
+            b.lora_B.copy_(a.lora_B)
+        assert torch.equal(model.eval()(x), ref.eval()(x))        # no dropout in eval: the same function
+        torch.manual_seed(1)
+        y1 = model.train()(x)
+        torch.manual_seed(2)
+        assert max_diff(y1, model(x)) > 1e-3
+    with pytest.raises(ValueError, match="unknown dropout mask 'int8'; valid: torch, int16"):
+        add_lora(make_mlp(0), MLP_TARGETS, rank=RANK, dropout=0.5, dropout_mask="int8")
+
+
+def test_int16_dropout_scale_folded_into_A_gives_the_same_output_and_gradients():
+    """LoRALinear puts Int16Dropout's 1/(1 − p') on A instead of on the activation: same function, same grads."""
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(16, 12), rank=3, alpha=6.0, dropout=0.3, dropout_mask="int16").train()
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(5, 7, 16)
+    torch.manual_seed(9)
+    y = layer(x)
+    y.square().sum().backward()
+    gA, gB = layer.lora_A.grad.clone(), layer.lora_B.grad.clone()
+    layer.zero_grad()
+    torch.manual_seed(9)                                              # the same mask, through Int16Dropout.forward
+    ref = layer.base(x) + layer.scaling * layer.dropout(x) @ layer.lora_A.T @ layer.lora_B.T
+    ref.square().sum().backward()
+    assert max_diff(y, ref) <= 1e-5
+    torch.testing.assert_close(gA, layer.lora_A.grad, rtol=1e-5, atol=1e-5)        # rounding only (grads ~1e3)
+    torch.testing.assert_close(gB, layer.lora_B.grad, rtol=1e-5, atol=1e-5)
+
+
 def test_merged_model_refuses_loading_and_export(tmp_path):
     model, batch, keep = adapted("roberta", "random")
     path = save_lora(model, tmp_path / "a.safetensors", keep)

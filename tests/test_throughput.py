@@ -208,6 +208,17 @@ def test_precision_names_a_new_run_and_round_one_keeps_its_hashes():
     assert all("precision" not in lg["config"] for lg in committed.values())    # logged before the field
 
 
+def test_dropout_mask_names_a_new_run():
+    torch_mask = make_config("mrpc", "random", "quick", seed=0)
+    int16 = make_config("mrpc", "random", "quick", seed=0, dropout_mask="int16")
+    assert torch_mask["dropout_mask"] == LEGACY["dropout_mask"] == "torch"
+    assert config_hash(make_config("mrpc", "random", "quick", seed=0, dropout_mask="torch")) == config_hash(torch_mask)
+    assert config_hash(int16) != config_hash(torch_mask) and run_id(int16) != run_id(torch_mask)
+    assert {k for k in torch_mask if torch_mask[k] != int16[k]} == {"dropout_mask"}
+    # full fine-tuning keeps the legacy value (like rslora), so round 1's full runs keep their hashes
+    assert make_config("mrpc", "full", "quick")["dropout_mask"] == "torch"
+
+
 # ----------------------------------------------------------------------------- (d) interrupted → rerun
 def test_an_interrupted_log_is_run_again_by_a_plain_grid_call(glue_fixture, tmp_path):
     spec = smoke_spec(seeds=[0])

@@ -10,7 +10,7 @@ import statistics
 
 from .benchmark import load_benchmark  # noqa: F401  (the page reads the benchmark through this module)
 
-LEVER_ORDER = "abcde"
+LEVER_ORDER = "abcdef"
 
 
 def lever_rows(bench: dict) -> list[dict]:
@@ -105,26 +105,31 @@ def per_run_rows(bench: dict, quick_logs: list[dict]) -> list[dict]:
     return rows
 
 
-def full_run_rows(reference_logs: list[dict], candidate_logs: list[dict], workers: int = 2) -> list[dict]:
-    """Full-length runs measured, not projected: per task, the median logged wall time of the same
-    configs (task, method, seed) in a reference grid (round 1: ``logs/quick``, one run at a time on
-    2 threads, fp32) and a candidate grid run in the new default's per-run setting (``logs/precision_cpu``:
-    1 thread, bf16, in-process), and the runs per hour of ``workers`` such runs side by side on the 2
-    cores, 3600·workers / median, against 3600 / the reference median.  The candidate runs shared the
-    machine with other single-thread work, so their wall times include that contention."""
+def full_run_rows(reference_logs: list[dict], candidate_logs: list[dict], workers: int = 2,
+                  precision: str = "bf16", seeds: set[int] | None = None) -> list[dict]:
+    """Full-length runs measured, not projected: per task, the median logged wall time of a reference
+    grid's runs (round 1: ``logs/quick``, one run at a time on 2 threads, fp32) and of a candidate grid's
+    runs of the same (task, method, lr) in the new default's per-run setting (``logs/precision_cpu``:
+    1 thread, in-process, in ``precision``; the grid also holds fp32 references, which do not count),
+    and the runs per hour of ``workers`` such runs side by side on the 2 cores, 3600·workers / median,
+    against 3600 / the reference median.  ``seeds``: only these candidate seeds (runs made under
+    different machine load are reported apart).  ``n``: candidate runs; ``n_reference``: reference runs."""
     def key(lg):
         c = lg["config"]
-        return c["task"], c["method"], c["seed"], c["lr"]
-    cand = {key(lg): lg for lg in candidate_logs if lg.get("status", "ok") == "ok"}
+        return c["task"], c["method"], c["lr"]
+    ok = lambda lg: lg.get("status", "ok") == "ok"
+    cand = [lg for lg in candidate_logs if ok(lg) and (lg["config"].get("precision") or "fp32") == precision
+            and (seeds is None or lg["config"]["seed"] in seeds)]
     rows = []
-    for task in sorted({k[0] for k in cand}):
-        pairs = [(lg, cand[key(lg)]) for lg in reference_logs
-                 if lg.get("status", "ok") == "ok" and key(lg) in cand and key(lg)[0] == task]
-        if not pairs:
+    for task in sorted({key(lg)[0] for lg in cand}):
+        mine = [lg for lg in cand if key(lg)[0] == task]
+        keys = {key(lg) for lg in mine}
+        ref_logs = [lg for lg in reference_logs if ok(lg) and key(lg) in keys]
+        if not ref_logs:
             continue
-        ref = statistics.median(a["wall_time_s"] for a, _ in pairs)
-        new = statistics.median(b["wall_time_s"] for _, b in pairs)
-        rows.append(dict(task=task, n=len(pairs), reference_s=ref, candidate_s=new,
+        ref = statistics.median(lg["wall_time_s"] for lg in ref_logs)
+        new = statistics.median(lg["wall_time_s"] for lg in mine)
+        rows.append(dict(task=task, n=len(mine), n_reference=len(ref_logs), reference_s=ref, candidate_s=new,
                          rph_reference=3600 / ref, rph_candidate=workers * 3600 / new,
                          ratio=(workers * 3600 / new) / (3600 / ref)))
     return rows
