@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 import lora
 
-from .config import config_hash, run_id
+from .config import adapter_kwargs, config_hash, run_id
 from .data import HUB_ID, load_task_data, split_validation
 from .models import load_model_and_tokenizer
 from .tasks import BI_TASKS, TASKS, BiTask, UserError, get_task
@@ -295,9 +295,7 @@ def run(cfg: dict, out_dir: str | os.PathLike = "logs/adhoc", data_dir: str | No
             model.cpu()
             init_info = {"batches": len(batches), "examples": sum(len(b["input_ids"]) // 2 for b in batches),
                          "seconds": round(time.time() - t_init, 3), "split": "train"}
-        lora.add_lora(model, cfg["targets"], rank=cfg["rank"], alpha=cfg["alpha"], dropout=cfg["dropout"],
-                      init=cfg["method"], svd_method=cfg["svd_method"], niter=cfg["niter"], seed=cfg["seed"],
-                      stats=stats, rslora=bool(cfg.get("rslora")), dropout_mask=cfg.get("dropout_mask") or "torch")
+        lora.add_lora(model, cfg["targets"], stats=stats, **adapter_kwargs(cfg))
     model.to(dev).train()
 
     params, optimizer = make_optimizer(model, cfg, dev)

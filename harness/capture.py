@@ -39,7 +39,7 @@ import torch
 
 import lora
 
-from .config import make_config
+from .config import adapter_kwargs, make_config
 from .data import load_task_data, split_validation
 from .logs import write_json_atomic
 from .models import load_model_and_tokenizer
@@ -119,10 +119,8 @@ def capture_one(task: str, seed: int, data_dir, inits=INITS, run_lrs: dict | Non
         cfg = make_config(task, init, "v2", seed=seed)
         m = copy.deepcopy(model)
         t_init = time.time()
-        lora.add_lora(m, cfg["targets"], rank=cfg["rank"], alpha=cfg["alpha"], dropout=cfg["dropout"], init=init,
-                      svd_method=cfg["svd_method"], niter=cfg["niter"], seed=cfg["seed"], keep_trainable=cfg["head"],
-                      stats=stats if init in lora.DATA_INITS else None, rslora=bool(cfg.get("rslora")),
-                      dropout_mask=cfg.get("dropout_mask") or "torch")
+        lora.add_lora(m, cfg["targets"], keep_trainable=cfg["head"], stats=stats if init in lora.DATA_INITS else None,
+                      **adapter_kwargs(cfg))
         init_s = time.time() - t_init
         adapted = lora.lora_layers(m)
         per_layer = {n: lora.layer_capture(adapted[n], stats[n].grad) for n in layers}

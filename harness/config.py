@@ -104,6 +104,15 @@ def make_config(task: str = "mrpc", method: str = "random", preset: str = "quick
     return cfg
 
 
+def adapter_kwargs(cfg: dict) -> dict:
+    """The ``lora.add_lora`` keyword arguments a config sets (all but the model, targets and stats):
+    rank, alpha, dropout, init, svd_method, niter, seed, rslora, dropout_mask (legacy values for configs
+    logged before those fields existed)."""
+    return dict(rank=cfg["rank"], alpha=cfg["alpha"], dropout=cfg["dropout"], init=cfg["method"],
+                svd_method=cfg["svd_method"], niter=cfg["niter"], seed=cfg["seed"],
+                rslora=bool(cfg.get("rslora")), dropout_mask=cfg.get("dropout_mask") or LEGACY["dropout_mask"])
+
+
 def config_hash(cfg: dict) -> str:
     """sha256 of the canonical JSON of the hashed fields; the first 8 hex digits name the run."""
     canon = json.dumps({k: cfg[k] for k in sorted(cfg)

@@ -103,7 +103,10 @@ def order_tasks(names) -> list[str]:
 
 
 def task_label(name: str) -> str:
-    """How a task is written in prose and figures: its GLUE name ("MRPC", "CoLA", "STS-B")."""
+    """How a task is written in prose and figures: its GLUE name ("MRPC", "CoLA", "STS-B"); a bi-encoder
+    task as its pair task's name with "(bi-encoder)": "MRPC (bi-encoder)"."""
+    if name in BI_TASKS:
+        return f"{TASKS[BI_TASKS[name].pair_task].dir} (bi-encoder)"
     return TASKS[name].dir if name in TASKS else name.upper()
 
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 import lora
 
-from .config import config_hash, run_id
+from .config import adapter_kwargs, config_hash, run_id
 from .data import HUB_ID, load_task_data, split_validation
 from .logs import write_json_atomic
 from .models import load_model_and_tokenizer
@@ -180,10 +180,7 @@ def run(cfg: dict, out_dir: str | os.PathLike = "logs/adhoc", data_dir: str | No
             stats = collect_init_stats(model, tok, train_rows, cfg, dev)
             init_info = {"batches": cfg["init_batches"], "examples": min(len(train_rows), cfg["init_batches"] *
                          cfg["batch_size"]), "seconds": round(time.time() - t_init, 3), "split": "train"}
-        lora.add_lora(model, cfg["targets"], rank=cfg["rank"], alpha=cfg["alpha"], dropout=cfg["dropout"],
-                      init=cfg["method"], svd_method=cfg["svd_method"], niter=cfg["niter"], seed=cfg["seed"],
-                      keep_trainable=cfg["head"], stats=stats, rslora=bool(cfg.get("rslora")),
-                      dropout_mask=cfg.get("dropout_mask") or "torch")
+        lora.add_lora(model, cfg["targets"], keep_trainable=cfg["head"], stats=stats, **adapter_kwargs(cfg))
     model.to(dev).train()
 
     params, optimizer = make_optimizer(model, cfg, dev)

@@ -149,7 +149,9 @@ CONFIG_RULES: dict[str, Rule] = {
     "rslora": BOOL,
     "dropout_mask": Choice(*DROPOUT_MASKS),
 }
-# Fields that do not apply to full fine-tuning: make_config sets them to None for method "full".
+# Fields that do not apply to full fine-tuning: for method "full" validation accepts None for them.  make_config
+# sets rank ... init_batches to None there; rslora and dropout_mask keep their legacy values (False, "torch") so
+# that full fine-tuning's hash is the round-1 one.
 ADAPTER_ONLY = frozenset({"rank", "alpha", "dropout", "targets", "svd_method", "niter", "rslora", "init_batches",
                           "dropout_mask"})
 

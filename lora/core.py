@@ -156,10 +156,14 @@ class Int16Dropout(nn.Module):
         words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-2**63, None)
         return words.view(torch.int16)[:n].view(x.shape) >= self.k - 32768
 
+    def masked(self, x: torch.Tensor) -> torch.Tensor:
+        """x with a fresh mask applied and NOT rescaled: forward(x) = masked(x)·scale while active."""
+        return torch.where(self.keep_mask(x), x, 0.0)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.active:
             return x
-        return torch.where(self.keep_mask(x), x, 0.0) * self.scale
+        return self.masked(x) * self.scale
 
     def extra_repr(self) -> str:
         return f"p={self.p} (p'={self.k}/65536)"
@@ -234,7 +238,7 @@ class LoRALinear(nn.Module):
         if isinstance(d, Int16Dropout) and d.active:
             # (x ⊙ m / (1 − p')) Aᵀ = (x ⊙ m) (A / (1 − p'))ᵀ: the scale goes on A (r×in), not on the
             # batch×len×in activation, saving one elementwise pass forward and one backward.
-            h = F.linear(torch.where(d.keep_mask(x), x, 0.0), self.lora_A * d.scale)
+            h = F.linear(d.masked(x), self.lora_A * d.scale)
         else:
             h = F.linear(d(x), self.lora_A)                              # (..., r): the only adapter activation
         # y + s·h Bᵀ in one BLAS call (scale and add fused), instead of materialising s·h Bᵀ first.

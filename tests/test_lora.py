@@ -275,6 +275,16 @@ def test_int16_dropout_is_seeded_identity_in_eval_and_masks_the_gradient():
         lora.Int16Dropout(1.0)
 
 
+def test_int16_dropout_masked_is_forward_without_the_scale():
+    drop = lora.Int16Dropout(0.3).train()
+    x = torch.randn(4, 5, 6)
+    torch.manual_seed(1)
+    m = drop.masked(x)
+    torch.manual_seed(1)
+    assert torch.equal(m * drop.scale, drop(x))                  # the same mask; forward adds only the scale
+    assert torch.equal(m, torch.where(m != 0, x, 0.0))           # every element is x or 0
+
+
 def test_dropout_mask_int16_changes_only_the_training_noise():
     ref, batch, _ = adapted("mlp", "random", dropout=0.5)
     model = add_lora(make_mlp(0), MLP_TARGETS, rank=RANK, alpha=ALPHA, dropout=0.5, seed=0, dropout_mask="int16",

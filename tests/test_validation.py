@@ -533,3 +533,17 @@ def test_stale_lock_naming_a_live_unrelated_process_is_ignored(tmp_path):
     with GridLock(tmp_path) as lock:
         assert lock._fd is not None
     assert not (tmp_path / ".grid.lock").exists()
+
+
+def test_adapter_kwargs_are_add_lora_arguments_with_legacy_defaults():
+    import inspect
+
+    import lora
+    from harness.config import adapter_kwargs
+    cfg = make_config("mrpc", "svd", "v2", seed=3, rslora=True, dropout_mask="int16")
+    kw = adapter_kwargs(cfg)
+    assert set(kw) <= set(inspect.signature(lora.add_lora).parameters)
+    assert kw == dict(rank=8, alpha=16.0, dropout=0.1, init="svd", svd_method="full", niter=4, seed=3,
+                      rslora=True, dropout_mask="int16")
+    old = {k: v for k, v in cfg.items() if k not in ("rslora", "dropout_mask")}   # a config from before those fields
+    assert adapter_kwargs(old)["rslora"] is False and adapter_kwargs(old)["dropout_mask"] == "torch"

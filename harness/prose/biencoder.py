@@ -1,0 +1,75 @@
+"""The bi-encoder study in words (book/biencoder.md): the comparison table, the findings and the page's
+glued numbers, all from :mod:`harness.analysis.biencoder`."""
+from __future__ import annotations
+
+from ..analysis.biencoder import LABELS, BiStudy, outcome_rows
+from ..tasks import task_label
+
+STEP0_TOL = 1e-3    # a step-0 main metric further than this from the pretrained model's: the init moved the model
+
+
+def comparison_frame(comps: list[dict]) -> "pd.DataFrame":
+    import pandas as pd
+    return pd.DataFrame([{
+        "task": task_label(c["task"]), "b − a": f"{c['b']} − {c['a']}",
+        "metric": LABELS.get(c["metric"], c["metric"]),
+        "difference [95 % CI]": f"{c['diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]",
+        "b ahead": f"{c['wins']}/{c['n']}",
+        "p (Holm)": "–" if c["p_holm"] is None else f"{c['p_holm']:.3g}",
+        "finding": "yes" if c["finding"] else "no"} for c in comps])
+
+
+def findings_markdown(comps: list[dict]) -> str:
+    """The comparisons that are findings (Holm-adjusted p < 0.05), one bullet each."""
+    hits = [c for c in comps if c["finding"]]
+    if not hits:
+        return "No comparison of the family is a finding (every Holm-adjusted p ≥ 0.05)."
+    return "\n".join(
+        f"- {task_label(c['task'])}, {c['b']} − {c['a']}: {c['diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}] "
+        f"{LABELS.get(c['metric'], c['metric'])}, {c['b']} ahead in {c['wins']}/{c['n']} seeds, "
+        f"Holm-adjusted p = {c['p_holm']:.3g}" for c in hits)
+
+
+def _names(methods) -> str:
+    methods = list(methods)
+    return methods[0] if len(methods) == 1 else ", ".join(methods[:-1]) + " and " + methods[-1]
+
+
+def page_numbers(study: BiStudy, comps: list[dict]) -> dict:
+    """Everything the page glues, keyed ``bi_<what>_<task>`` (task without the ``bi-`` prefix)."""
+    out = {"bi_n_comparisons": len(comps), "bi_n_findings": sum(c["finding"] for c in comps),
+           "bi_findings": findings_markdown(comps)}
+    rows = outcome_rows(study)
+    for task in study.tasks():
+        t = task.removeprefix("bi-")
+        mine = {r["method"]: r for r in rows if r["task"] == task}
+        out[f"bi_pretrained_{t}"] = study.pretrained(task)
+        out[f"bi_seeds_{t}"] = max(r["n"] for r in mine.values())
+        best = max(mine.values(), key=lambda r: r["final"])
+        out[f"bi_best_{t}"], out[f"bi_best_final_{t}"] = best["method"], best["final"]
+        for m, r in mine.items():
+            for k in ("zero", "final", "final_sd", "gain", "gain_lo", "gain_hi", "shift", "wall_s"):
+                out[f"bi_{m}_{k}_{t}"] = r[k]
+            if "final_recall@10" in r:
+                out[f"bi_{m}_r10_zero_{t}"], out[f"bi_{m}_r10_final_{t}"] = r["zero_recall@10"], r["final_recall@10"]
+                out[f"bi_{m}_mrr_zero_{t}"], out[f"bi_{m}_mrr_final_{t}"] = r["zero_mrr@10"], r["final_mrr@10"]
+        gains = [c for c in comps if c["task"] == task and c["group"] == "gain over pretrained"]
+        up = [c["b"] for c in gains if c["finding"] and c["diff"] > 0]
+        down = [c["b"] for c in gains if c["finding"] and c["diff"] < 0]
+        flat = [c["b"] for c in gains if not c["finding"]]
+        words = []
+        if up:
+            words.append(f"{_names(up)} end above the pretrained model")
+        if down:
+            words.append(f"{_names(down)} end below it")
+        if flat:
+            words.append(f"{_names(flat)} end level with it (interval includes 0 after Holm)")
+        out[f"bi_gain_words_{t}"] = "; ".join(words) if words else "no run ended"
+        moved = [m for m, r in mine.items() if abs(r["zero"] - r["pretrained"]) > STEP0_TOL]
+        out[f"bi_step0_words_{t}"] = "; ".join(
+            f"{m} starts at {mine[m]['zero']:.3f} and ends at {mine[m]['final']:.3f}" for m in moved) \
+            or "every init starts at the pretrained model's value"
+        shifts = sorted(mine.values(), key=lambda r: r["shift"])
+        out[f"bi_most_moved_{t}"], out[f"bi_most_moved_shift_{t}"] = shifts[0]["method"], shifts[0]["shift"]
+        out[f"bi_least_moved_{t}"], out[f"bi_least_moved_shift_{t}"] = shifts[-1]["method"], shifts[-1]["shift"]
+    return out
