@@ -1,0 +1,59 @@
+"""harness.analysis.planted on constructed logs: the selected lr's curve gives the speed, and each prediction's
+verdict follows its stated criterion (held, not held, not run)."""
+import json
+
+import pytest
+
+from harness.analysis import planted as pa
+
+
+def _log(sub, init, seed, final_err, speed_err=None, q=None, v=None, angle=45.0, heldout=0.5):
+    lr = 1e-3
+    speed = speed_err if speed_err is not None else (1.0 + final_err) / 2
+    mid = 3 * speed - 1.0 - final_err                   # the curve (1, mid, final) has mean rel_err = speed
+    pt = lambda step, e: dict(step=step, rel_err=e, heldout_mse=heldout)                       # noqa: E731
+    final = dict(step=20, rel_err=final_err, rel_err_query=q if q is not None else final_err + 0.01,
+                 rel_err_value=v if v is not None else final_err - 0.01, angle_left=angle, angle_right=angle,
+                 heldout_mse=heldout, heldout_rel=heldout)
+    return {"kind": "planted", "status": "ok", "config": {"subspace": sub, "init": init, "seed": seed},
+            "best_lr": lr, "final": final, "curves": {f"{lr:g}": [pt(0, 1.0), pt(10, mid), pt(20, final_err)]}}
+
+
+def _planted(tmp_path, logs):
+    for i, lg in enumerate(logs):
+        (tmp_path / f"{i}.json").write_text(json.dumps(lg))
+    (tmp_path / "junk.json").write_text("{not json")
+    return pa.Planted(pa.load_planted(tmp_path))
+
+
+def test_speed_is_the_mean_of_the_selected_curve(tmp_path):
+    pl = _planted(tmp_path, [_log("top", "random", 0, 0.4, speed_err=0.6)])
+    assert pa.speed(pl.logs[0]) == pytest.approx(0.6)
+    steps, mean, _ = pl.curve("top", "random")
+    assert steps == [0, 10, 20] and mean[-1] == pytest.approx(0.4)
+
+
+def test_predictions_follow_their_criteria(tmp_path):
+    logs = []
+    for seed in (0, 1):
+        logs += [_log("top", "lora_fa_svd", seed, 0.1), _log("bottom", "lora_fa_svd", seed, 1.0, angle=90.0),
+                 _log("random", "lora_fa_svd", seed, 0.995),
+                 _log("top", "random", seed, 0.50), _log("bottom", "random", seed, 0.55), _log("random", "random", seed, 0.70)]
+    res = {r["id"]: r for r in pa.check_predictions(_planted(tmp_path, logs))}
+    assert res["P1"]["held"] is True and "(b) 1.000 (angle 90.0°)" in res["P1"]["evidence"]
+    assert res["P3"]["held"] is False and "spread 0.200" in res["P3"]["evidence"]   # 0.70 − 0.50 ≥ 0.10
+    assert res["P2"]["held"] is None and res["P6"]["evidence"] == "not run"
+    assert res["P7"]["held"] is True                                                # value below query everywhere
+
+
+def test_p1_fails_when_the_frozen_top_A_reaches_the_bottom(tmp_path):
+    logs = [_log("top", "lora_fa_svd", 0, 0.1), _log("bottom", "lora_fa_svd", 0, 0.5, angle=90.0),
+            _log("random", "lora_fa_svd", 0, 0.99)]
+    res = {r["id"]: r for r in pa.check_predictions(_planted(tmp_path, logs))}
+    assert res["P1"]["held"] is False
+
+
+def test_final_table_has_one_row_per_cell(tmp_path):
+    pl = _planted(tmp_path, [_log("top", "svd", 0, 0.2), _log("top", "svd", 1, 0.4), _log("bottom", "svd", 0, 0.9)])
+    t = pa.final_table(pl)
+    assert len(t) == 2 and t.iloc[0]["rel_err"] == "0.300 ± 0.141"
