@@ -139,7 +139,7 @@ def _check_log(log, out, task):
     assert (out / log["factors_file"]).is_file()
 
 
-def test_smoke_runs_write_valid_logs(tmp_path, monkeypatch):
+def test_smoke_runs_write_valid_logs(tmp_path, monkeypatch, capsys):
     from harness.fixtures import write_fixture
     from harness.train import run            # the cross-encoder entry point dispatches bi tasks
     import lora
@@ -150,6 +150,11 @@ def test_smoke_runs_write_valid_logs(tmp_path, monkeypatch):
     assert log["task"]["retrieval_index"] == ("hnsw" if bi.hnsw_available() else "exact")
     assert log["data"]["n_dev_queries"] == 24 and log["data"]["n_dev_sentences"] == 93
     assert log["history"]["evals"][-1]["roc_auc"] > log["history"]["evals"][0]["roc_auc"]
+    import matplotlib
+    matplotlib.use("Agg")
+    from harness.plots.training import show_run    # what notebooks/train.ipynb shows after a papermill run
+    show_run(log)
+    assert f"final roc_auc = {log['final']['roc_auc']:.4f}" in capsys.readouterr().out
 
     log = run(make_config("bi-stsb", "svd", "smoke", epochs=2), tmp_path / "out", data, progress=False)
     _check_log(log, tmp_path / "out", "bi-stsb")
