@@ -127,6 +127,8 @@ def main(argv=None) -> int:
     pl.add_argument("--eval-every", type=int, default=50)
     pl.add_argument("--batch-size", type=int, default=32)
     pl.add_argument("--max-length", type=int, default=64, help="tokens per sentence (batches trimmed to their longest)")
+    pl.add_argument("--layers", nargs="+", type=int, help="encoder layers that get ΔW* and the adapters (default: all); "
+                                                          "the layers below the first are run once per batch, not per step")
     pl.add_argument("--n-heldout", type=int, default=512)
     pl.add_argument("--shard", default="0/1", metavar="I/N",
                     help="run every N-th config from the I-th (N processes can share one GPU)")
@@ -216,7 +218,7 @@ def _dispatch(args) -> int:
             result = run_planted(args.out, args.subspaces, args.inits, args.seeds, args.data_dir, args.device,
                                  model=args.model, steps=args.steps, lrs=args.lrs, rank=args.rank, k=args.k,
                                  scale=args.scale, eval_every=args.eval_every, batch_size=args.batch_size,
-                                 max_length=args.max_length,
+                                 max_length=args.max_length, layers=args.layers,
                                  n_heldout=args.n_heldout, shard=shard)
             failed = [k for k, v in result.items() if v == "failed"]
             print(f"{len(result) - len(failed)} done or skipped, {len(failed)} failed")

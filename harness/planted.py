@@ -35,6 +35,14 @@ Student
     layers and/or the mean gradient of this same MSE with respect to the pretrained W — for
     gradient inits a hint that points at ΔW*, which is part of what they are being tested on.
 
+Layers
+    ``layers`` (default: every encoder layer) restricts ΔW* and the adapters to those encoder layers.
+    The layers below the first of them are then the pretrained ones in teacher and student alike,
+    so what enters that layer is computed once per batch for a seed (:class:`Inputs`,
+    :func:`seed_inputs`) and every step runs only the layers from there on; a guard
+    (:func:`check_prefix`) checks this forward against the whole model's.  Planting only in the
+    last layer makes a CPU run cheap (step times measured in NOTES.md, session 7).
+
 Learning rate
     Every (subspace, init, seed) trains once per lr in ``lrs`` (default 3e-4, 1e-3, 3e-3); the
     headline numbers (``final``) come from the lr with the lowest final *held-out MSE* —
@@ -79,8 +87,10 @@ import copy
 import json
 import math
 import random
+import re
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -95,7 +105,8 @@ DEFAULT_INITS = ("random", "svd", "svd_minor", "lora_fa", "lora_fa_svd", "olora"
 DEFAULT_MODEL = "bundled:all-MiniLM-L6-v2"
 TARGETS = ("query", "value")
 DEFAULTS = dict(model=DEFAULT_MODEL, rank=8, alpha=16.0, k=4, scale=0.5, steps=1000, batch_size=32,
-                max_length=64, lrs=[3e-4, 1e-3, 3e-3], eval_every=50, n_heldout=512, targets=list(TARGETS))
+                max_length=64, lrs=[3e-4, 1e-3, 3e-3], eval_every=50, n_heldout=512, targets=list(TARGETS),
+                layers=None)
 
 
 # ----------------------------------------------------------------- the planted update
@@ -121,9 +132,36 @@ def planted_factors(W: torch.Tensor, k: int, subspace: str, scale: float, genera
 
 
 def target_linears(model: torch.nn.Module, targets=TARGETS) -> dict[str, torch.nn.Linear]:
-    """The ``nn.Linear`` modules whose name ends in one of ``targets`` (what add_lora adapts)."""
+    """The ``nn.Linear`` modules named by ``targets`` as add_lora matches them: a full module name or its
+    last component ("query")."""
     return {n: m for n, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in targets}
+            if isinstance(m, torch.nn.Linear) and (n in targets or n.rsplit(".", 1)[-1] in targets)}
+
+
+def layer_index(name: str) -> int | None:
+    """The encoder layer a module belongs to ("encoder.layer.5.attention.self.query" → 5), else None."""
+    m = re.search(r"(?:^|\.)layer\.(\d+)\.", name)
+    return int(m.group(1)) if m else None
+
+
+def encoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The transformer's list of layers (BERT / RoBERTa: ``model.encoder.layer``)."""
+    layers = getattr(getattr(model, "encoder", None), "layer", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise UserError(f"{type(model).__name__} has no encoder.layer list; the layers setting needs a BERT-like encoder")
+    return layers
+
+
+def layer_targets(model: torch.nn.Module, targets, layers) -> list[str]:
+    """``targets`` restricted to the encoder layers ``layers`` (None: every layer), as full module names."""
+    n = len(encoder_layers(model))
+    bad = [i for i in (layers or []) if not (isinstance(i, int) and 0 <= i < n)]
+    if bad:
+        raise UserError(f"layers {bad[0]!r} is not an encoder layer of this model; valid: 0..{n - 1}")
+    names = [nm for nm in target_linears(model, targets) if layers is None or layer_index(nm) in set(layers)]
+    if not names:
+        raise UserError(f"the model has no nn.Linear named {', '.join(targets)} in layers {layers}")
+    return names
 
 
 @torch.no_grad()
@@ -219,18 +257,79 @@ def hidden(model, ids, mask) -> torch.Tensor:
     return model(input_ids=ids, attention_mask=mask).last_hidden_state
 
 
+class Inputs(NamedTuple):
+    """One batch: token ids, attention mask and, when ΔW* and the adapters sit only in layers ≥ ``start``,
+    ``prefix`` = (start, the hidden states entering layer ``start``, that layer's other call arguments).
+    Layers below ``start`` are the pretrained ones in teacher and student alike, so their output is computed
+    once per batch (:func:`with_prefix`) and every forward runs only the layers from ``start`` on."""
+    ids: torch.Tensor
+    mask: torch.Tensor
+    prefix: tuple | None = None
+
+
+class _Captured(Exception):
+    pass
+
+
 @torch.no_grad()
-def heldout_targets(teacher, data: Batches, batch_size: int, device) -> list:
-    return [(ids, mask, hidden(teacher, ids, mask)) for ids, mask in
-            (data.get(idx, device) for idx in data.in_order(batch_size))]
+def with_prefix(model, ids, mask, start: int) -> Inputs:
+    """Run ``model`` up to encoder layer ``start`` and keep what enters it (a pre-hook captures the layer's
+    arguments and stops the forward there)."""
+    if start == 0:
+        return Inputs(ids, mask)
+    box = {}
+
+    def grab(module, args, kwargs):
+        box["args"], box["kwargs"] = args, kwargs
+        raise _Captured
+
+    handle = encoder_layers(model)[start].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        model(input_ids=ids, attention_mask=mask)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    args = box["args"]
+    return Inputs(ids, mask, (start, args[0].detach(), tuple(args[1:]), dict(box["kwargs"])))
+
+
+def forward(model, x: Inputs) -> torch.Tensor:
+    """Final hidden states of batch ``x``: the whole model, or only the layers from ``x.prefix``'s start."""
+    if x.prefix is None:
+        return hidden(model, x.ids, x.mask)
+    start, h, args, kwargs = x.prefix
+    for layer in encoder_layers(model)[start:]:
+        out = layer(h, *args, **kwargs)
+        h = out[0] if isinstance(out, tuple) else out      # transformers 4 returns a tuple, 5 the tensor
+    return h
+
+
+def check_prefix(model, x: Inputs, tol: float = 1e-4) -> None:
+    """The cached-prefix forward must equal the whole model's: a guard against models whose last hidden state
+    is not the last layer's output."""
+    if x.prefix is None:
+        return
+    with torch.no_grad():
+        err = float((forward(model, x) - hidden(model, x.ids, x.mask)).abs().max())
+    if not err <= tol:
+        raise UserError(f"the layers setting needs the last hidden state to be the last encoder layer's output; "
+                        f"the cached-prefix forward differs by {err:.2g} on {type(model).__name__}")
+
+
+@torch.no_grad()
+def heldout_targets(teacher, data: Batches, batch_size: int, device, start: int = 0) -> list:
+    """[(Inputs, teacher's final hidden states)] for the held-out batches, in order."""
+    xs = [with_prefix(teacher, *data.get(idx, device), start) for idx in data.in_order(batch_size)]
+    return [(x, forward(teacher, x)) for x in xs]
 
 
 @torch.no_grad()
 def heldout_mse(model, targets: list) -> float:
     num = den = 0.0
-    for ids, mask, ht in targets:
-        n = float(mask.sum())
-        num += float(masked_mse(hidden(model, ids, mask), ht, mask)) * n
+    for x, ht in targets:
+        n = float(x.mask.sum())
+        num += float(masked_mse(forward(model, x), ht, x.mask)) * n
         den += n
     return num / den
 
@@ -262,9 +361,20 @@ def init_stats(base, teacher, init: str, targets, train: "Batches", order: list,
                                           if getattr(st, f) is not None}) for n, st in stats.items()}
 
 
+def seed_inputs(base, train: Batches, cfg: dict, seed: int, start: int, device) -> list | None:
+    """This seed's training batches with their prefix up to layer ``start`` computed once, for every init
+    and lr of the seed (None when ``start`` is 0: nothing to cache)."""
+    if start == 0:
+        return None
+    return [with_prefix(base, *train.get(idx, device), start)
+            for idx in train.train_order(cfg["batch_size"], cfg["steps"], seed)]
+
+
 def train_student(base, teacher, planted: dict, init: str, lr: float, seed: int, cfg: dict,
-                  train: Batches, heldout: list, device) -> dict:
-    """One student (one init, one lr): curves and final numbers (see module doc)."""
+                  train: Batches, heldout: list, device, inputs: list | None = None) -> dict:
+    """One student (one init, one lr): curves and final numbers (see module doc).  ``inputs``: the training
+    batches of this seed's order as :class:`Inputs` with their cached prefix (:func:`seed_inputs`); None:
+    read from ``train`` and run the whole model."""
     t0 = time.time()
     order = train.train_order(cfg["batch_size"], cfg["steps"], seed)
     student = copy.deepcopy(base)            # base lives on the CPU: add_lora's seeded init draws there
@@ -288,10 +398,10 @@ def train_student(base, teacher, planted: dict, init: str, lr: float, seed: int,
         raise ValueError(f"init {init!r} gave a non-finite student before training")
     curves.append(start)
     for step, idx in enumerate(order, start=1):
-        ids, mask = train.get(idx, device)
+        x = inputs[step - 1] if inputs is not None else Inputs(*train.get(idx, device))
         with torch.no_grad():
-            target = hidden(teacher, ids, mask)
-        loss = masked_mse(hidden(student, ids, mask), target, mask)
+            target = forward(teacher, x)
+        loss = masked_mse(forward(student, x), target, x.mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -341,6 +451,10 @@ def validate(subspaces, inits, seeds, params) -> None:
             raise UserError(f"{key} must be a positive integer, got {v!r}")
     if not params["lrs"] or any(not (isinstance(x, (int, float)) and x > 0) for x in params["lrs"]):
         raise UserError(f"lrs must be positive numbers, got {params['lrs']!r}")
+    layers = params.get("layers")
+    if layers is not None and (not isinstance(layers, (list, tuple)) or not layers
+                               or any(not isinstance(i, int) or isinstance(i, bool) for i in layers)):
+        raise UserError(f"layers must be a non-empty list of encoder layer indices or None (all), got {layers!r}")
     if not (isinstance(params["scale"], (int, float)) and params["scale"] >= 0):
         raise UserError(f"scale must be a number >= 0, got {params['scale']!r}")
     if not seeds or any(not isinstance(s, int) for s in seeds):
@@ -374,6 +488,8 @@ def run_planted(out_dir="logs/planted", subspaces=SUBSPACES, inits=None, seeds=(
         raise UserError(f"unknown setting {unknown[0]!r}; valid: {', '.join(DEFAULTS)}")
     params = {**DEFAULTS, **overrides}
     params["lrs"], params["targets"] = [float(x) for x in params["lrs"]], list(params["targets"])
+    if isinstance(params["layers"], tuple):
+        params["layers"] = list(params["layers"])
     inits = list(default_inits() if inits is None else inits)
     subspaces, seeds = list(subspaces), list(seeds)
     validate(subspaces, inits, seeds, params)
@@ -416,17 +532,26 @@ def run_planted(out_dir="logs/planted", subspaces=SUBSPACES, inits=None, seeds=(
     train = Batches(tok, shuffled[n_held:], params["max_length"])
     held = Batches(tok, shuffled[:n_held], params["max_length"])
     env = environment(dev)
-    pretrained_held = heldout_targets(copy.deepcopy(base).to(dev), held, params["batch_size"], dev)
+    names = layer_targets(base, params["targets"], params["layers"])    # the adapted (and planted) modules
+    start = min(layer_index(n) or 0 for n in names)       # layers below it are frozen and unplanted: cached
+    base_dev = copy.deepcopy(base).to(dev)
+    pretrained_held = heldout_targets(base_dev, held, params["batch_size"], dev, start)
+    if pretrained_held:
+        check_prefix(base_dev, pretrained_held[0][0])
+    student_cfg = {**params, "targets": names}
 
-    for sub in subspaces:
-        for seed in seeds:
+    for seed in seeds:
+        inputs = None
+        for sub in subspaces:
             pending = [(init, *todo[(sub, seed, init)]) for init in inits if (sub, seed, init) in todo]
             if not pending:
                 continue
+            if inputs is None:
+                inputs = seed_inputs(base_dev, train, params, seed, start, dev)
             teacher = copy.deepcopy(base)
-            planted = plant(teacher, params["k"], sub, params["scale"], seed, params["targets"])
+            planted = plant(teacher, params["k"], sub, params["scale"], seed, names)
             teacher.to(dev)
-            targets = heldout_targets(teacher, held, params["batch_size"], dev)
+            targets = heldout_targets(teacher, held, params["batch_size"], dev, start)
             gap = heldout_mse(teacher, pretrained_held)     # = MSE(pretrained, teacher), symmetric
             for init, name, cfg in pending:
                 t0 = time.time()
@@ -436,8 +561,8 @@ def run_planted(out_dir="logs/planted", subspaces=SUBSPACES, inits=None, seeds=(
                                                            torch.linspace(1.0, 0.4, params["k"], dtype=torch.float64).tolist()],
                                           n_train=len(train), n_heldout=len(held)))
                 try:
-                    runs = [train_student(base, teacher, planted, init, lr, seed, params, train, targets, dev)
-                            for lr in params["lrs"]]
+                    runs = [train_student(base, teacher, planted, init, lr, seed, student_cfg, train, targets, dev,
+                                          inputs) for lr in params["lrs"]]
                 except Exception as e:      # e.g. lora_ga with 2·rank > a layer's size: log it, go on
                     entry.update(status="failed", error=f"{type(e).__name__}: {e}", wall_time_s=time.time() - t0)
                     write_json_atomic(out / name, entry)

@@ -228,3 +228,40 @@ def test_cli(glue_fixture, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: unknown init 'bogus'") and "Traceback" not in err
     assert main([*args, "--shard", "x"]) == 2
+
+
+# ------------------------------------------------------------- layers: a cached prefix
+def test_prefix_forward_equals_the_whole_model(tiny):
+    """Layers below the planted one are cached: teacher and an adapted student give the whole model's output."""
+    base, held, _ = tiny
+    names = P.layer_targets(base, ["query", "value"], [1])
+    assert names and all(P.layer_index(n) == 1 for n in names)
+    teacher = copy.deepcopy(base)
+    P.plant(teacher, 2, "random", 0.5, 0, names)
+    student = lora.add_lora(copy.deepcopy(base), names, rank=4, init="svd", seed=0)
+    with torch.no_grad():
+        for layer in lora.lora_layers(student).values():
+            layer.lora_B.normal_()                     # a student that differs from the base
+    ids, mask = held.get(torch.arange(16), "cpu")
+    x = P.with_prefix(base, ids, mask, 1)
+    assert x.prefix[0] == 1
+    for model in (teacher, student):
+        with torch.no_grad():
+            torch.testing.assert_close(P.forward(model, x), P.hidden(model, ids, mask), rtol=0, atol=1e-6)
+    P.check_prefix(student, x)                         # passes; a model whose output is not the last layer's fails
+    with pytest.raises(UserError, match="cached-prefix forward differs"):
+        P.check_prefix(student, x._replace(prefix=(1, x.prefix[1] + 1.0, *x.prefix[2:])))
+
+
+def test_run_planted_in_one_layer(glue_fixture, tmp_path):
+    kw = dict(subspaces=["top"], inits=["lora_fa_svd"], seeds=[0], data_dir=glue_fixture, device="cpu",
+              log=lambda _: None, **TINY, steps=4, eval_every=2, lrs=[1e-3])
+    assert P.run_planted(tmp_path / "one", layers=[1], **kw) == {"top-lora_fa_svd-s0.json": "done"}
+    log = json.loads((tmp_path / "one" / "top-lora_fa_svd-s0.json").read_text())
+    assert log["config"]["layers"] == [1]
+    assert len(log["final"]["rel_err_layers"]) == 2             # query and value of layer 1 only
+    assert log["planted"]["teacher_gap_mse"] > 0
+    with pytest.raises(UserError, match=r"layers 5 is not an encoder layer of this model; valid: 0..1"):
+        P.run_planted(tmp_path / "bad", layers=[5], **kw)
+    with pytest.raises(UserError, match="layers must be a non-empty list"):
+        P.run_planted(tmp_path / "bad", layers=[], **kw)
