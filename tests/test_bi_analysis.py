@@ -101,3 +101,17 @@ def test_zero_shot_needs_a_step0_evaluation():
     lg["history"]["evals"] = lg["history"]["evals"][1:]
     with pytest.raises(ValueError, match="step 100, not 0"):
         bi.zero_shot(lg)
+
+
+def test_figures_have_a_panel_per_task_and_a_mark_per_method(study):
+    from harness.plots import biencoder as bplot
+    fig = bplot.zero_to_final_figure(study)
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["full", "random", "svd_naive"]
+    assert ax.get_lines()[0].get_ydata()[0] == pytest.approx(0.73)        # the pretrained line
+    fig = bplot.shift_figure(study)
+    assert sorted(t.get_text() for t in fig.axes[0].get_legend().get_texts()) == ["full", "random", "svd_naive"]
+    fig = bplot.curves_figure(study)
+    assert len(fig.axes[0].get_lines()) == 1 + 3
+    fig = bplot.forest_figure(bi.comparisons(study))
+    assert len(fig.axes[0].get_yticklabels()) == 5

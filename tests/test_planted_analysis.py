@@ -57,3 +57,11 @@ def test_final_table_has_one_row_per_cell(tmp_path):
     pl = _planted(tmp_path, [_log("top", "svd", 0, 0.2), _log("top", "svd", 1, 0.4), _log("bottom", "svd", 0, 0.9)])
     t = pa.final_table(pl)
     assert len(t) == 2 and t.iloc[0]["rel_err"] == "0.300 ± 0.141"
+
+
+def test_recovery_figure_has_a_panel_per_subspace(tmp_path):
+    from harness.plots.planted import recovery_figure
+    pl = _planted(tmp_path, [_log("top", "svd", 0, 0.2), _log("bottom", "svd", 0, 0.9), _log("bottom", "random", 0, 0.8)])
+    fig = recovery_figure(pl)
+    assert [ax.get_title() for ax in fig.axes] == ["(a) W's top-k", "(b) W's bottom-k"]
+    assert len(fig.axes[1].get_lines()) == 2 and fig.axes[0].get_lines()[0].get_ydata()[-1] == pytest.approx(0.2)
