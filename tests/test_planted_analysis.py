@@ -65,3 +65,16 @@ def test_recovery_figure_has_a_panel_per_subspace(tmp_path):
     fig = recovery_figure(pl)
     assert [ax.get_title() for ax in fig.axes] == ["(a) W's top-k", "(b) W's bottom-k"]
     assert len(fig.axes[1].get_lines()) == 2 and fig.axes[0].get_lines()[0].get_ydata()[-1] == pytest.approx(0.2)
+
+
+def test_page_numbers_and_verdicts(tmp_path):
+    from harness.prose import planted as pp
+    logs = [_log("top", "lora_fa_svd", 0, 0.1), _log("bottom", "lora_fa_svd", 0, 1.0, angle=90.0),
+            _log("random", "lora_fa_svd", 0, 0.995), _log("top", "random", 0, 0.3, speed_err=0.5)]
+    pl = _planted(tmp_path, logs)
+    checks = pa.check_predictions(pl)
+    nums = pp.page_numbers(pl, checks)
+    assert nums["pl_held"].startswith("P1") and nums["pl_best_top"] == "lora_fa_svd"
+    assert nums["pl_random_top_speed"] == pytest.approx(0.5) and nums["pl_fastest_top"] == "random"   # speed 0.5 < 0.55
+    frame = pp.predictions_frame(checks)
+    assert frame.iloc[0]["verdict"] == "held" and (frame["verdict"] == "not run").sum() == 5   # P2-P6
