@@ -6,12 +6,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 GLUE_DIR ?= ../shared/glue
-GRIDS ?= configs/sweep.yaml configs/quick.yaml configs/v2_sweep.yaml configs/v2.yaml configs/inits_sweep.yaml configs/inits.yaml configs/ranks.yaml configs/precision.yaml configs/precision_cpu.yaml
+GRIDS ?= configs/sweep.yaml configs/quick.yaml configs/v2_sweep.yaml configs/v2.yaml configs/inits_sweep.yaml configs/inits.yaml configs/ranks.yaml configs/precision.yaml configs/precision_cpu.yaml \
+        configs/bi_sweep.yaml configs/bi.yaml
 MATHJAX := book/_static/mathjax/tex-chtml.js
 
-.PHONY: study install grid figures book test bench clean-book
+.PHONY: study install grid planted figures book test bench clean-book
 
-study: install grid figures book
+study: install grid planted figures book
 	@echo "The book: book/_build/html/index.html. The notebooks: $(VENV)/bin/jupyter lab notebooks/"
 
 install: $(VENV)/.installed
@@ -27,6 +28,15 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 grid: install
 	for spec in $(GRIDS); do GLUE_DIR=$(GLUE_DIR) $(PY) -m harness grid $$spec \
 	  || echo "$$spec: some runs failed; their logs say why (the book lists them)"; done
+
+# The planted-update experiment (harness/planted.py; book chapter planted.md), CPU setting: ΔW* and the adapters
+# in the last encoder layer (the five below are computed once per batch), two single-thread shards side by side.
+# Resumable: logged (subspace, init, seed) cells are skipped.
+PLANTED_ARGS ?= --device cpu --layers 5 --steps 500 --eval-every 25 --batch-size 16 --max-length 32 --n-heldout 256
+planted: install
+	pids=; for i in 0 1; do OMP_NUM_THREADS=1 GLUE_DIR=$(GLUE_DIR) $(PY) -m harness planted $(PLANTED_ARGS) \
+	  --shard $$i/2 & pids="$$pids $$!"; done; \
+	  for p in $$pids; do wait $$p || echo "planted: some cells failed or stopped; their logs say why"; done
 
 # Figures and tables under figures/<grid>/, and README's generated blocks, are pure functions of logs/ (no
 # training): a rerun rewrites them byte for byte, so `git status` stays clean.  Every path is from the repo root.

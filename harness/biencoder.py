@@ -354,3 +354,66 @@ def run(cfg: dict, out_dir: str | os.PathLike = "logs/adhoc", data_dir: str | No
         "factors_file": factors_file.name if status == "ok" and save_factors else None,
     }
     return finish_log(log, out, t0, dev, params, model, init_info)
+
+
+# ------------------------------------------------------------------- drift from the pretrained space
+STEP0_CHANGING = ("svd_naive", "svd_seed")     # inits that add s·B₀A₀ on top of W: the step-0 model is not W's
+
+
+def _rebuild_encoder(cfg: dict, data_dir):
+    """(encoder, tokenizer, dev examples) exactly as :func:`run` starts them (seed, tokenizer texts), no adapters."""
+    base = TASKS[get_task(cfg["task"]).pair_task]
+    splits, _ = load_task_data(base, data_dir)
+    train_ex = splits["train"]
+    if cfg.get("val_fraction"):
+        train_ex = split_validation(train_ex, base, cfg["val_fraction"])[0]
+    if cfg["max_train_examples"]:
+        train_ex = train_ex[:cfg["max_train_examples"]]
+    seed_everything(cfg["seed"])
+    model, tok = load_encoder(cfg["model"], cfg["seed"], train_texts=[t for ex in train_ex for t in ex.texts])
+    return model, tok, splits["dev"]
+
+
+def drift_from_pretrained(log_dir, out_path, data_dir=None, methods=(*STEP0_CHANGING, "random")) -> dict:
+    """Mean cosine between each distinct dev sentence's pretrained embedding and (a) its step-0 embedding
+    (the model as the init leaves it) and (b) its final one (pretrained W + the run's saved ΔW), per ok run of
+    ``methods`` in ``log_dir``; fp32, no training.  A run's logged ``embedding_shift`` measures from *its*
+    step-0 model, which for :data:`STEP0_CHANGING` is not the pretrained one; for zero-B inits (``random``)
+    (b) recomputes that logged number, a check (bf16 evaluation in the run, fp16 factors here).
+    Written atomically to ``out_path``; returned."""
+    from .logs import read_logs, write_json_atomic
+    t0, dev, out = time.time(), torch.device("cpu"), {}
+    for lg in read_logs(log_dir):
+        cfg = lg["config"]
+        if cfg["method"] not in methods or not lg.get("factors_file"):
+            continue
+        if cfg["method"] in lora.DATA_INITS:
+            raise UserError(f"{lg['run_id']}: data-aware inits need their statistics to rebuild step 0; "
+                            f"valid methods: {', '.join(m for m in lora.ALL_INITS if m not in lora.DATA_INITS)}")
+        model, tok, dev_ex = _rebuild_encoder(cfg, data_dir)
+        rows = make_evalset(tok, dev_ex, cfg["max_length"]).rows
+        E_pre = embed(model, tok, rows, dev)
+        lora.add_lora(model, cfg["targets"], **adapter_kwargs(cfg))
+        E0 = embed(model, tok, rows, dev)
+        model, _, _ = _rebuild_encoder(cfg, data_dir)
+        with torch.no_grad():
+            for name, (B, A) in lora.load_delta_factors(Path(log_dir) / lg["factors_file"]).items():
+                model.get_submodule(name).weight.add_((B.double() @ A.double()).float())
+        E1 = embed(model, tok, rows, dev)
+        cos = lambda X: float(np.mean(np.sum(E_pre * X, axis=1)))    # noqa: E731  (rows are unit vectors)
+        out[lg["run_id"]] = {"task": cfg["task"], "method": cfg["method"], "seed": cfg["seed"],
+                             "step0_cos": cos(E0), "final_cos": cos(E1), "logged_shift": lg.get("embedding_shift"),
+                             "n_sentences": len(rows)}
+    result = {"provenance": {"log_dir": str(log_dir), "methods": list(methods), "precision": "fp32", "device": "cpu",
+                             "threads": torch.get_num_threads(), "torch": torch.__version__,
+                             "seconds": round(time.time() - t0, 1)},
+              "runs": out}
+    write_json_atomic(out_path, result)
+    return result
+
+
+if __name__ == "__main__":      # python -m harness.biencoder: the drift file the book's bi-encoder chapter reads
+    from .paths import repo_root, resolve
+    res = drift_from_pretrained(resolve("logs/bi"), resolve("logs/bi_drift.json"),
+                                data_dir=os.environ.get("GLUE_DIR") or str(repo_root().parent / "shared" / "glue"))
+    print(f"drift: {len(res['runs'])} runs in {res['provenance']['seconds']} s")

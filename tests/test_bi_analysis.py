@@ -50,7 +50,10 @@ def study(tmp_path):
                   _log("bi-mrpc", "full", 1e-5, s, PRETRAINED["bi-mrpc"], f, shift=0.8, retrieval=RETR),
                   _log("bi-mrpc", "svd_naive", 3e-3, s, 0.60, n, shift=0.7, retrieval=RETR)]
     final.append(_log("bi-mrpc", "random", 3e-3, 0, 0.73, 0.99))     # not the selected lr: ignored
-    return bi.BiStudy(_write(tmp_path / "bi", final), _write(tmp_path / "bi_sweep", sweep))
+    drift = {"runs": {f"bi-mrpc-svd_naive-lr0.003-s{s}": {"step0_cos": 0.95, "final_cos": 0.6 + s / 100}
+                      for s in range(3)}}
+    (tmp_path / "drift.json").write_text(json.dumps(drift))
+    return bi.BiStudy(_write(tmp_path / "bi", final), _write(tmp_path / "bi_sweep", sweep), tmp_path / "drift.json")
 
 
 def test_cells_at_selected_lr_and_pretrained_reference(study):
@@ -66,7 +69,10 @@ def test_gain_is_the_t_interval_over_seeds(study):
     m, sd = sum(gains) / 3, st.tstd(gains)
     half = st.t.ppf(0.975, 2) * sd / math.sqrt(3)
     assert row["gain"] == pytest.approx(m) and row["gain_lo"] == pytest.approx(m - half)
-    assert row["zero"] == pytest.approx(0.60) and row["shift"] == pytest.approx(0.7)
+    assert row["zero"] == pytest.approx(0.60) and row["shift"] == pytest.approx(0.7)      # from its own step 0
+    assert row["pre0"] == pytest.approx(0.95) and row["pre1"] == pytest.approx(0.61)     # from the pretrained model
+    rnd = next(r for r in bi.outcome_rows(study) if r["method"] == "random")
+    assert rnd["pre0"] == 1.0 and rnd["pre1"] == pytest.approx(rnd["shift"])          # no drift entry: the log's
     assert row["final_recall@10"] == pytest.approx(0.99) and row["zero_mrr@10"] == pytest.approx(0.95)
 
 
@@ -84,9 +90,11 @@ def test_comparisons_paired_by_seed_with_holm(study):
 
 def test_page_words_follow_the_data(study):
     nums = btext.page_numbers(study, bi.comparisons(study))
-    assert nums["bi_step0_words_mrpc"] == "svd_naive starts at 0.600 and ends at 0.760"   # only the moved init
+    assert nums["bi_step0_words_mrpc"] == ("svd_naive starts at 0.600, its dev embeddings at mean cosine 0.950 to "
+                                           "the pretrained ones and ends at 0.760")       # only the moved init
     assert nums["bi_best_mrpc"] == "full" and nums["bi_best_final_mrpc"] == pytest.approx(0.81)
-    assert nums["bi_most_moved_mrpc"] == "svd_naive" and nums["bi_least_moved_mrpc"] == "random"
+    assert nums["bi_most_moved_mrpc"] == "svd_naive" and nums["bi_most_moved_shift_mrpc"] == pytest.approx(0.61)
+    assert nums["bi_least_moved_mrpc"] == "random"
     assert nums["bi_pretrained_mrpc"] == pytest.approx(0.73)
 
 

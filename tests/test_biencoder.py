@@ -2,6 +2,7 @@
 scikit-learn/scipy, HNSW against exact search, smoke runs on the fixture, and bad inputs."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -224,3 +225,21 @@ def test_bad_inputs(tmp_path):
         bi.run({**make_config("bi-stsb", "random", "smoke"), "precision": "fp16"}, tmp_path / "out", tmp_path / "glue")
     with pytest.raises(UserError, match="not a bi-encoder task"):
         bi.run(make_config("mrpc", "random", "smoke"), tmp_path / "out", tmp_path / "glue")
+
+
+def test_drift_from_pretrained(tmp_path, monkeypatch):
+    """random starts at the pretrained space (step-0 cosine 1) and its final cosine recomputes the logged shift
+    from the saved ΔW; svd_naive's init alone moves the space (step-0 cosine < 1)."""
+    from harness.fixtures import write_fixture
+    data = write_fixture(tmp_path / "glue", tasks=("mrpc",))
+    monkeypatch.setenv("GIT_OPTIONAL_LOCKS", "0")
+    for method in ("random", "svd_naive", "full"):
+        bi.run(make_config("bi-mrpc", method, "smoke", epochs=1), tmp_path / "out", data, progress=False,
+               compact_factors=True)
+    res = bi.drift_from_pretrained(tmp_path / "out", tmp_path / "drift.json", data)
+    runs = {r["method"]: r for r in res["runs"].values()}
+    assert set(runs) == {"random", "svd_naive"}                      # full is not an init: left out
+    assert runs["random"]["step0_cos"] == pytest.approx(1.0, abs=1e-6)
+    assert runs["random"]["final_cos"] == pytest.approx(runs["random"]["logged_shift"], abs=2e-3)
+    assert runs["svd_naive"]["step0_cos"] < 1 - 1e-5                 # (tiny model: a small but real move)
+    assert json.loads((tmp_path / "drift.json").read_text())["runs"].keys() == res["runs"].keys()

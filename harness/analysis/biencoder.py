@@ -12,9 +12,12 @@ Quantities, per run (``harness/biencoder.py`` logs them):
 * **pretrained** (per task): the step-0 main metric of the ``full`` runs (the untouched model), else of
   ``random``'s.
 * **gain** = final − pretrained (main dev metric), per seed; its 95 % t interval over seeds.
-* **embedding shift**: the mean cosine between a dev sentence's unit embedding at step 0 and after training
-  (1 = unmoved).  For the inits that change the model at step 0 this measures from *their* step-0 model,
-  so ``shift_from_pretrained`` is not available from the logs; the zero-shot column shows that jump.
+* **embedding shift** (logged): the mean cosine between a dev sentence's unit embedding at step 0 and after
+  training (1 = unmoved).  For the inits that change the model at step 0 it measures from *their* step-0
+  model; ``logs/bi_drift.json`` (:func:`harness.biencoder.drift_from_pretrained`) adds, for those runs, the
+  mean cosine to the *pretrained* embeddings at step 0 (``step0_cos``: the init alone) and after training
+  (``final_cos``).  **Cosine to pretrained** (``pre0``, ``pre1``): those, and for every other method 1 at step 0
+  and the logged shift after training (their step-0 model is the pretrained one).
 
 The page's family of comparisons (Holm over all of it): per task, each method's final main metric against
 ``random``'s (paired by seed, each at its own selected lr), and each method's gain over the pretrained model.
@@ -41,10 +44,17 @@ def zero_shot(log: dict) -> dict:
     return first
 
 
-class BiStudy:
-    """The final grid's ok logs at each method's selected lr: ``cells[(task, method)] = {seed: log}``."""
+STEP0_CHANGING = ("svd_naive", "svd_seed")     # as harness.biencoder (not imported: analysis stays torch-free)
 
-    def __init__(self, log_dir, sweep_dir):
+
+class BiStudy:
+    """The final grid's ok logs at each method's selected lr: ``cells[(task, method)] = {seed: log}``;
+    ``drift``: the runs of ``drift_path`` (``logs/bi_drift.json``) by run id, {} when it is absent."""
+
+    def __init__(self, log_dir, sweep_dir, drift_path=None):
+        import json
+        from pathlib import Path
+        self.drift = json.loads(Path(drift_path).read_text())["runs"] if drift_path and Path(drift_path).is_file() else {}
         self.runs, self.lrs = Runs(log_dir), selected_lrs(sweep_dir)
         self.cells: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
         for (task, method), lr in self.lrs.items():
@@ -61,15 +71,25 @@ class BiStudy:
         return next(iter(self.cells[task, self.methods(task)[0]].values()))["task"]["main_metric"]
 
     def values(self, task: str, method: str, what: str = "final", metric: str | None = None) -> dict[int, float]:
-        """{seed: value}; ``what``: final, zero (step 0), shift (embedding shift), wall (seconds)."""
+        """{seed: value}; ``what``: final, zero (step 0), shift (logged embedding shift), pre0 / pre1 (cosine to
+        the pretrained embeddings at step 0 / after training; None where unknown), wall (seconds)."""
         metric = metric or self.metric(task)
         out = {}
         for seed, lg in self.cells.get((task, method), {}).items():
             v = {"final": lambda: lg["final"].get(metric), "zero": lambda: zero_shot(lg).get(metric),
-                 "shift": lambda: lg.get("embedding_shift"), "wall": lambda: lg["wall_time_s"]}[what]()
+                 "shift": lambda: lg.get("embedding_shift"), "wall": lambda: lg["wall_time_s"],
+                 "pre0": lambda: self._to_pretrained(lg, 0), "pre1": lambda: self._to_pretrained(lg, 1)}[what]()
             if v is not None and math.isfinite(v):
                 out[seed] = float(v)
         return out
+
+    def _to_pretrained(self, lg: dict, when: int):
+        d = self.drift.get(lg["run_id"])
+        if d is not None:
+            return d["step0_cos" if when == 0 else "final_cos"]
+        if lg["config"]["method"] in STEP0_CHANGING:
+            return None
+        return 1.0 if when == 0 else lg.get("embedding_shift")
 
     def pretrained(self, task: str, metric: str | None = None) -> float:
         """The untouched model's dev metric: step 0 of the full (else random) runs (identical over seeds)."""
@@ -95,10 +115,12 @@ def outcome_rows(study: BiStudy) -> list[dict]:
             gm, gs, _ = mean_sd(v - z for v in final.values())
             lo, hi = t_interval(gm, gs, n)
             sm, ss, _ = mean_sd(study.values(task, method, "shift").values())
+            p0 = mean_sd(study.values(task, method, "pre0").values())[0]
+            p1, p1s, _ = mean_sd(study.values(task, method, "pre1").values())
             wall = sorted(study.values(task, method, "wall").values())
             row = dict(task=task, method=method, metric=metric, lr=study.lrs[task, method], n=n,
                        pretrained=z, zero=mean_sd(zero.values())[0], final=fm, final_sd=fs,
-                       gain=gm, gain_lo=lo, gain_hi=hi, shift=sm, shift_sd=ss,
+                       gain=gm, gain_lo=lo, gain_hi=hi, shift=sm, shift_sd=ss, pre0=p0, pre1=p1, pre1_sd=p1s,
                        wall_s=wall[len(wall) // 2] if wall else math.nan)
             if any(m in next(iter(study.cells[task, method].values()))["final"] for m in RETRIEVAL):
                 for m in RETRIEVAL:
@@ -118,7 +140,9 @@ def outcome_table(study: BiStudy, task: str) -> "pd.DataFrame":
                f"{label} step 0": f"{r['zero']:.3f}",
                f"{label} final": f"{r['final']:.3f} ± {r['final_sd']:.3f}" if r["n"] > 1 else f"{r['final']:.3f}",
                "gain over pretrained [95 % CI]": f"{r['gain']:+.3f} [{r['gain_lo']:+.3f}, {r['gain_hi']:+.3f}]",
-               "embedding cosine to step 0": f"{r['shift']:.3f} ± {r['shift_sd']:.3f}"}
+               "cosine to step 0": f"{r['shift']:.3f} ± {r['shift_sd']:.3f}",
+               "cosine to pretrained: step 0 → final": "n/a" if math.isnan(r["pre1"]) else
+               f"{r['pre0']:.3f} → {r['pre1']:.3f} ± {r['pre1_sd']:.3f}"}
         if "final_recall@10" in r:
             row["recall@10 step 0 → final"] = f"{r['zero_recall@10']:.3f} → {r['final_recall@10']:.3f}"
             row["MRR@10 step 0 → final"] = f"{r['zero_mrr@10']:.3f} → {r['final_mrr@10']:.3f}"

@@ -2,6 +2,8 @@
 glued numbers, all from :mod:`harness.analysis.biencoder`."""
 from __future__ import annotations
 
+import math
+
 from ..analysis.biencoder import LABELS, BiStudy, outcome_rows
 from ..tasks import task_label
 
@@ -48,7 +50,7 @@ def page_numbers(study: BiStudy, comps: list[dict]) -> dict:
         best = max(mine.values(), key=lambda r: r["final"])
         out[f"bi_best_{t}"], out[f"bi_best_final_{t}"] = best["method"], best["final"]
         for m, r in mine.items():
-            for k in ("zero", "final", "final_sd", "gain", "gain_lo", "gain_hi", "shift", "wall_s"):
+            for k in ("zero", "final", "final_sd", "gain", "gain_lo", "gain_hi", "shift", "pre0", "pre1", "wall_s"):
                 out[f"bi_{m}_{k}_{t}"] = r[k]
             if "final_recall@10" in r:
                 out[f"bi_{m}_r10_zero_{t}"], out[f"bi_{m}_r10_final_{t}"] = r["zero_recall@10"], r["final_recall@10"]
@@ -66,10 +68,17 @@ def page_numbers(study: BiStudy, comps: list[dict]) -> dict:
             words.append(f"{_names(flat)} end level with it (interval includes 0 after Holm)")
         out[f"bi_gain_words_{t}"] = "; ".join(words) if words else "no run ended"
         moved = [m for m, r in mine.items() if abs(r["zero"] - r["pretrained"]) > STEP0_TOL]
-        out[f"bi_step0_words_{t}"] = "; ".join(
-            f"{m} starts at {mine[m]['zero']:.3f} and ends at {mine[m]['final']:.3f}" for m in moved) \
+
+        def start(m):
+            r = mine[m]
+            cos = "" if math.isnan(r["pre0"]) or r["pre0"] == 1.0 else \
+                f", its dev embeddings at mean cosine {r['pre0']:.3f} to the pretrained ones"
+            return f"{m} starts at {r['zero']:.3f}{cos} and ends at {r['final']:.3f}"
+        out[f"bi_step0_words_{t}"] = "; ".join(start(m) for m in moved) \
             or "every init starts at the pretrained model's value"
-        shifts = sorted(mine.values(), key=lambda r: r["shift"])
-        out[f"bi_most_moved_{t}"], out[f"bi_most_moved_shift_{t}"] = shifts[0]["method"], shifts[0]["shift"]
-        out[f"bi_least_moved_{t}"], out[f"bi_least_moved_shift_{t}"] = shifts[-1]["method"], shifts[-1]["shift"]
+        known = [r for r in mine.values() if not math.isnan(r["pre1"])]
+        if known:
+            shifts = sorted(known, key=lambda r: r["pre1"])
+            out[f"bi_most_moved_{t}"], out[f"bi_most_moved_shift_{t}"] = shifts[0]["method"], shifts[0]["pre1"]
+            out[f"bi_least_moved_{t}"], out[f"bi_least_moved_shift_{t}"] = shifts[-1]["method"], shifts[-1]["pre1"]
     return out
