@@ -96,6 +96,8 @@ def test_page_words_follow_the_data(study):
     assert nums["bi_most_moved_mrpc"] == "svd_naive" and nums["bi_most_moved_shift_mrpc"] == pytest.approx(0.61)
     assert nums["bi_least_moved_mrpc"] == "random"
     assert nums["bi_pretrained_mrpc"] == pytest.approx(0.73)
+    assert nums["bi_gain_words_mrpc"].startswith("every method ends above the pretrained model, every 95 % interval")
+    assert nums["bi_vs_random_words_mrpc"] == "no method's 95 % interval against random init excludes 0"
 
 
 def test_retrieval_check_reports_the_worst_hnsw_gap(study):
@@ -123,3 +125,10 @@ def test_figures_have_a_panel_per_task_and_a_mark_per_method(study):
     assert len(fig.axes[0].get_lines()) == 1 + 3
     fig = bplot.forest_figure(bi.comparisons(study))
     assert len(fig.axes[0].get_yticklabels()) == 5
+
+
+def test_vs_random_words_name_the_intervals_that_exclude_zero():
+    from harness.prose.biencoder import vs_random_words
+    c = dict(b="svd_naive", diff=-0.008, lo=-0.013, hi=-0.003, finding=False)
+    assert vs_random_words([c, dict(c, b="svd", lo=-0.01, hi=0.01)]) == \
+        "svd_naive − random -0.008 [-0.013, -0.003] (not a finding after Holm)"

@@ -37,6 +37,40 @@ def _names(methods) -> str:
     return methods[0] if len(methods) == 1 else ", ".join(methods[:-1]) + " and " + methods[-1]
 
 
+def _ci(c: dict) -> str:
+    return f"{c['diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]"
+
+
+def gain_words(gains: list[dict]) -> str:
+    """One task's gains over the pretrained model in words: the sign of each 95 % interval, the range, and how
+    many survive Holm (with three seeds a t-test's p stays large unless the seeds agree closely)."""
+    if not gains:
+        return "no method has two seeds"
+    up = [c for c in gains if c["lo"] > 0]
+    down = [c for c in gains if c["hi"] < 0]
+    lo, hi = min(gains, key=lambda c: c["diff"]), max(gains, key=lambda c: c["diff"])
+    if len(up) == len(gains):
+        head = (f"every method ends above the pretrained model, every 95 % interval above 0 (gains from "
+                f"{lo['diff']:+.3f} for {lo['b']} to {hi['diff']:+.3f} for {hi['b']})")
+    else:
+        parts = [f"{_names([c['b'] for c in up])} end above it" if up else "",
+                 f"{_names([c['b'] for c in down])} end below it" if down else "",
+                 f"{_names([c['b'] for c in gains if c not in up and c not in down])} have intervals that include 0"
+                 if len(up) + len(down) < len(gains) else ""]
+        head = "; ".join(p for p in parts if p)
+    n = sum(c["finding"] for c in gains)
+    return f"{head}; {n} of these {len(gains)} gains {'is a finding' if n == 1 else 'are findings'} after Holm"
+
+
+def vs_random_words(comps: list[dict]) -> str:
+    """One task's comparisons with random init in words: those whose 95 % interval excludes 0, and the findings."""
+    apart = [c for c in comps if c["lo"] > 0 or c["hi"] < 0]
+    if not apart:
+        return "no method's 95 % interval against random init excludes 0"
+    return "; ".join(f"{c['b']} − random {_ci(c)} ({'a finding' if c['finding'] else 'not a finding'} after Holm)"
+                     for c in apart)
+
+
 def page_numbers(study: BiStudy, comps: list[dict]) -> dict:
     """Everything the page glues, keyed ``bi_<what>_<task>`` (task without the ``bi-`` prefix)."""
     out = {"bi_n_comparisons": len(comps), "bi_n_findings": sum(c["finding"] for c in comps),
@@ -55,18 +89,9 @@ def page_numbers(study: BiStudy, comps: list[dict]) -> dict:
             if "final_recall@10" in r:
                 out[f"bi_{m}_r10_zero_{t}"], out[f"bi_{m}_r10_final_{t}"] = r["zero_recall@10"], r["final_recall@10"]
                 out[f"bi_{m}_mrr_zero_{t}"], out[f"bi_{m}_mrr_final_{t}"] = r["zero_mrr@10"], r["final_mrr@10"]
-        gains = [c for c in comps if c["task"] == task and c["group"] == "gain over pretrained"]
-        up = [c["b"] for c in gains if c["finding"] and c["diff"] > 0]
-        down = [c["b"] for c in gains if c["finding"] and c["diff"] < 0]
-        flat = [c["b"] for c in gains if not c["finding"]]
-        words = []
-        if up:
-            words.append(f"{_names(up)} end above the pretrained model")
-        if down:
-            words.append(f"{_names(down)} end below it")
-        if flat:
-            words.append(f"{_names(flat)} end level with it (interval includes 0 after Holm)")
-        out[f"bi_gain_words_{t}"] = "; ".join(words) if words else "no run ended"
+        out[f"bi_gain_words_{t}"] = gain_words([c for c in comps if c["task"] == task and c["group"] == "gain over pretrained"])
+        out[f"bi_vs_random_words_{t}"] = vs_random_words(
+            [c for c in comps if c["task"] == task and c["group"] == "against random"])
         moved = [m for m, r in mine.items() if abs(r["zero"] - r["pretrained"]) > STEP0_TOL]
 
         def start(m):
