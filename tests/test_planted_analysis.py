@@ -78,3 +78,17 @@ def test_page_numbers_and_verdicts(tmp_path):
     assert nums["pl_random_top_speed"] == pytest.approx(0.5) and nums["pl_fastest_top"] == "random"   # speed 0.5 < 0.55
     frame = pp.predictions_frame(checks)
     assert frame.iloc[0]["verdict"] == "held" and (frame["verdict"] == "not run").sum() == 5   # P2-P6
+
+
+def test_fastest_prediction(tmp_path):
+    """P4: svd fastest in (a) and not faster than random in (b), (c)."""
+    logs = []
+    for sub, svd, rnd in (("top", 0.3, 0.5), ("bottom", 0.7, 0.6), ("random", 0.8, 0.6)):
+        logs += [_log(sub, "svd", 0, svd, speed_err=svd), _log(sub, "random", 0, rnd, speed_err=rnd)]
+    res = {r["id"]: r for r in pa.check_predictions(_planted(tmp_path, logs))}
+    assert res["P4"]["held"] is True and res["P4"]["evidence"].startswith("fastest in top: svd (0.300")
+    assert res["P5"]["held"] is None
+    logs[2] = _log("bottom", "svd", 0, 0.5, speed_err=0.5)          # svd now faster than random in (b)
+    (tmp_path / "b").mkdir()
+    res = {r["id"]: r for r in pa.check_predictions(_planted(tmp_path / "b", logs))}
+    assert res["P4"]["held"] is False
