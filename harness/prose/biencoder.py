@@ -6,19 +6,15 @@ import math
 
 from ..analysis.biencoder import LABELS, BiStudy, outcome_rows
 from ..tasks import task_label
+from .protocol import interval_cells
 
 STEP0_TOL = 1e-3    # a step-0 main metric further than this from the pretrained model's: the init moved the model
 
 
 def comparison_frame(comps: list[dict]) -> "pd.DataFrame":
     import pandas as pd
-    return pd.DataFrame([{
-        "task": task_label(c["task"]), "b − a": f"{c['b']} − {c['a']}",
-        "metric": LABELS.get(c["metric"], c["metric"]),
-        "difference [95 % CI]": f"{c['diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]",
-        "b ahead": f"{c['wins']}/{c['n']}",
-        "p (Holm)": "–" if c["p_holm"] is None else f"{c['p_holm']:.3g}",
-        "finding": "yes" if c["finding"] else "no"} for c in comps])
+    return pd.DataFrame([{"task": task_label(c["task"]), "b − a": f"{c['b']} − {c['a']}",
+                          "metric": LABELS.get(c["metric"], c["metric"]), **interval_cells(c)} for c in comps])
 
 
 def findings_markdown(comps: list[dict]) -> str:
