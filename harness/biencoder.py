@@ -28,6 +28,7 @@ bi-stsb: Spearman and Pearson of the cosine against the score (scipy).
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -357,7 +358,7 @@ def run(cfg: dict, out_dir: str | os.PathLike = "logs/adhoc", data_dir: str | No
 
 
 # ------------------------------------------------------------------- drift from the pretrained space
-STEP0_CHANGING = ("svd_naive", "svd_seed")     # inits that add s·B₀A₀ on top of W: the step-0 model is not W's
+from .capture import STEP0_CHANGED as STEP0_CHANGING   # noqa: E402  inits that add s·B₀A₀ on top of W
 
 
 def _rebuild_encoder(cfg: dict, data_dir):
@@ -393,9 +394,10 @@ def drift_from_pretrained(log_dir, out_path, data_dir=None, methods=(*STEP0_CHAN
         model, tok, dev_ex = _rebuild_encoder(cfg, data_dir)
         rows = make_evalset(tok, dev_ex, cfg["max_length"]).rows
         E_pre = embed(model, tok, rows, dev)
+        final = copy.deepcopy(model)                # the pretrained encoder, for W + ΔW below
         lora.add_lora(model, cfg["targets"], **adapter_kwargs(cfg))
         E0 = embed(model, tok, rows, dev)
-        model, _, _ = _rebuild_encoder(cfg, data_dir)
+        model = final
         with torch.no_grad():
             for name, (B, A) in lora.load_delta_factors(Path(log_dir) / lg["factors_file"]).items():
                 model.get_submodule(name).weight.add_((B.double() @ A.double()).float())

@@ -44,7 +44,7 @@ def zero_shot(log: dict) -> dict:
     return first
 
 
-STEP0_CHANGING = ("svd_naive", "svd_seed")     # as harness.biencoder (not imported: analysis stays torch-free)
+STEP0_CHANGING = ("svd_naive", "svd_seed")     # = harness.capture.STEP0_CHANGED (not imported: analysis stays torch-free)
 
 
 class BiStudy:
