@@ -175,6 +175,30 @@ def test_intruder_curves_and_counts():
     assert c["n@0.5"].tolist() == [1, 0, 2, 1]
 
 
+def test_top_k_profile_is_a_prefix_of_a_wider_one():
+    # the intruder page profiles the top 40 once and reads k = 5, 10, 20 as prefixes: same numbers as k alone
+    U, S, V, W = svd_W(16)
+    dW = torch.tensor(3.0 * np.outer(orthonormal(16, 1, np.random.default_rng(1))[:, 0], V[:, 2]))
+    wide, narrow = geo.intruder_profile(W, W + dW, k=12), geo.intruder_profile(W, W + dW, k=4)
+    for key in ("max_cos", "max_cos_right", "top_energy"):
+        assert np.allclose(wide[key][:4], narrow[key], atol=1e-10)
+
+
+def test_counts_by_k_uses_the_first_k_directions():
+    from harness.analysis import intruders
+    t = _intruder_table()
+    full = t.assign(method="full", rank=None, max_cos=[np.array([0.1, 0.9])] * 4)
+    cut = intruders.first_k(t, 1)
+    assert [list(v) for v in cut["max_cos"]] == [[0.1], [0.9], [0.1], [0.1]]
+    bk = intruders.counts_by_k(t, full, ks=(1, 2), eps=(0.5,))
+    get = lambda k, m: bk[(bk["k"] == k) & (bk["method"] == m)].iloc[0]
+    # k = 1: seed 0 layers (1, 0) -> 0.5; seed 1 (1, 1) -> 1.0.  k = 2: 0.5 and 1.5 (as the curves above)
+    assert get(1, "random")["mean"] == pytest.approx(0.75) and get(2, "random")["mean"] == pytest.approx(1.0)
+    assert get(1, "random")["by_seed"] == {0: 0.5, 1: 1.0}
+    assert get(1, "full")["mean"] == get(2, "full")["mean"] == pytest.approx(1.0)
+    assert math.isnan(get(1, "full")["rank"])
+
+
 def test_per_seed_mean_and_geometric_mean():
     t = pd.DataFrame(dict(method="m", rank=1, seed=[0, 0, 1, 1], v=[1.0, 4.0, 2.0, 8.0]))
     a = geo.per_seed(t, "v").iloc[0]

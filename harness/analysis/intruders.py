@@ -2,7 +2,9 @@
 
 Among the top k = 10 left singular vectors of W + ΔW, an intruder at ε has max |cos| < ε with every
 singular vector of W (Shuttleworth et al. 2024; per-layer numbers in :mod:`harness.analysis.geometry`).
-Same runs as :mod:`harness.analysis.ranks`.
+Same runs as :mod:`harness.analysis.ranks`.  The top K_WIDEST = 40 directions are profiled once; the
+k = 10 analysis and the count against k (:data:`K_VALUES`) are prefixes of that profile (W + ΔW's singular
+vectors come in descending order, so the top-k of the 40 are the top-k).
 """
 from __future__ import annotations
 
@@ -19,6 +21,35 @@ from .ranks import METHODS, N_BOOT, RANKS, TASK, _p, _sort_methods, main_lrs, ma
 from .stats import format_pm
 from .weights import grid_weights, load_run_factors
 
+K_VALUES = (5, 10, 20, 40)      # how many top directions of W + ΔW are examined (the paper's k)
+K_WIDEST = max(K_VALUES)
+PROFILE = ("max_cos", "max_cos_right", "top_energy")
+
+
+def first_k(table, k: int):
+    """``table`` with the per-direction profiles (max_cos, max_cos_right, top_energy) cut to their first k
+    entries: the intruder profile of W + ΔW's top-k directions."""
+    t = table.copy()
+    for col in PROFILE:
+        if col in t:
+            t[col] = [np.asarray(v)[:k] for v in t[col]]
+    return t
+
+
+def counts_by_k(table, full_table, ks=K_VALUES, eps=(0.5, 0.7)) -> "pd.DataFrame":
+    """Intruders per layer (mean over layers per run, then mean ± sd over seeds) among the top k directions,
+    for each k in ``ks``, ε in ``eps`` and (method, rank), plus full fine-tuning (rank = None)."""
+    import pandas as pd
+    rows = []
+    for k in ks:
+        for e in eps:
+            for tab, by in ((table, ("method", "rank")), (full_table, ("method",))):
+                t = intruder_counts(first_k(tab, k), eps=(e,))
+                for row in per_seed(t, f"n@{e:g}", by=by).itertuples():
+                    rows.append(dict(k=k, eps=e, method=row.method, rank=getattr(row, "rank", None),
+                                     mean=row.mean, sd=row.sd, by_seed=row.by_seed))
+    return pd.DataFrame(rows)
+
 
 def intruders_study(logs_root="logs", ranks_grid: str = "ranks", ref_grid: str = "v2", task: str = TASK,
                     truncate=(8, 16)) -> dict:
@@ -32,8 +63,10 @@ def intruders_study(logs_root="logs", ranks_grid: str = "ranks", ref_grid: str =
     full = runs_table(root / ref_grid, task, ("full",))
     main = main_runs(runs)
     W = grid_weights(root / ranks_grid)
-    it = intruder_counts(geometry_table(main, W, intruders=True))
-    itf_all = intruder_counts(geometry_table(full, W, intruders=True, truncate=list(truncate)))
+    wide = geometry_table(main, W, intruders=True, k=K_WIDEST)
+    wide_full = geometry_table(full, W, intruders=True, truncate=list(truncate), k=K_WIDEST)
+    it = intruder_counts(first_k(wide, K_INTRUDER))
+    itf_all = intruder_counts(first_k(wide_full, K_INTRUDER))
     stored = int(itf_all["trunc"].max())
     itf = itf_all[itf_all["trunc"] == stored]
     G: dict[str, str] = {}
@@ -61,6 +94,23 @@ def intruders_study(logs_root="logs", ranks_grid: str = "ranks", ref_grid: str =
         pooled = per_seed(it, col, by=("method",))
         for row in pooled.itertuples():
             G[f"n_{row.method}_all_e{int(e * 10)}"] = format_pm(row.mean, row.sd)
+
+    # ---- the number k of top directions examined
+    bk = counts_by_k(wide, wide_full[wide_full["trunc"] == stored])
+    D["by_k"] = bk
+    for row in bk.itertuples():
+        who = row.method if row.method == "full" else f"{row.method}_r{int(row.rank)}"
+        G[f"nk{row.k}_{who}_e{int(row.eps * 10)}"] = format_pm(row.mean, row.sd)
+    order_same = []
+    for k in K_VALUES:
+        sub = bk[(bk["k"] == k) & (bk["eps"] == 0.7) & (bk["method"] != "full")]
+        for r in RANKS:
+            v = sub[sub["rank"] == r].set_index("method")["mean"]
+            order_same.append(tuple(np.argsort(-v.reindex(METHODS).to_numpy(), kind="stable")))
+    ref = {r: o for r, o in zip(RANKS, order_same[len(RANKS):2 * len(RANKS)])}        # k = 10
+    G["k_values"] = ", ".join(str(k) for k in K_VALUES)
+    G["n_k_order_same"] = str(sum(o == ref[RANKS[i % len(RANKS)]] for i, o in enumerate(order_same)))
+    G["n_k_order_cells"] = str(len(order_same))
 
     # ---- paired comparisons (by seed; one family, Holm)
     specs = []
@@ -162,3 +212,18 @@ def intruders_study(logs_root="logs", ranks_grid: str = "ranks", ref_grid: str =
     G["full_min_maxcos"] = f"{float(np.min(np.stack(itf['max_cos'].to_numpy()))):.2f}"
     return D
 
+
+
+def by_k_table(by_k, eps: float = 0.7) -> "pd.DataFrame":
+    """:func:`counts_by_k` at one ε as a table: a row per (method, r) and full fine-tuning, a column per k
+    ("mean ± sd" intruders per layer over seeds)."""
+    import pandas as pd
+    t = by_k[by_k["eps"] == eps]
+    rows = []
+    for (m, r), g in t.groupby(["method", "rank"], sort=False, dropna=False):
+        row = {"method": m, "r": "–" if r is None or (isinstance(r, float) and math.isnan(r)) else int(r)}
+        for x in g.itertuples():
+            row[f"k = {x.k}"] = format_pm(x.mean, x.sd)
+        rows.append(row)
+    out = pd.DataFrame(rows).sort_values("r", key=lambda c: c.map(lambda v: -1 if v == "–" else v), kind="stable")
+    return _sort_methods(out).reset_index(drop=True)          # methods in study order, ranks ascending, full last
