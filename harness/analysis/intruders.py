@@ -98,19 +98,12 @@ def intruders_study(logs_root="logs", ranks_grid: str = "ranks", ref_grid: str =
     # ---- the number k of top directions examined
     bk = counts_by_k(wide, wide_full[wide_full["trunc"] == stored])
     D["by_k"] = bk
-    for row in bk.itertuples():
-        who = row.method if row.method == "full" else f"{row.method}_r{int(row.rank)}"
-        G[f"nk{row.k}_{who}_e{int(row.eps * 10)}"] = format_pm(row.mean, row.sd)
-    order_same = []
-    for k in K_VALUES:
-        sub = bk[(bk["k"] == k) & (bk["eps"] == 0.7) & (bk["method"] != "full")]
-        for r in RANKS:
-            v = sub[sub["rank"] == r].set_index("method")["mean"]
-            order_same.append(tuple(np.argsort(-v.reindex(METHODS).to_numpy(), kind="stable")))
-    ref = {r: o for r, o in zip(RANKS, order_same[len(RANKS):2 * len(RANKS)])}        # k = 10
+    # the order of the inits at each rank (ε = 0.7), compared with the k = K_INTRUDER order
+    ranked = bk[(bk["eps"] == 0.7) & (bk["method"] != "full")].sort_values("mean", ascending=False, kind="stable")
+    order = {(k, r): tuple(g["method"]) for (k, r), g in ranked.groupby(["k", "rank"])}
     G["k_values"] = ", ".join(str(k) for k in K_VALUES)
-    G["n_k_order_same"] = str(sum(o == ref[RANKS[i % len(RANKS)]] for i, o in enumerate(order_same)))
-    G["n_k_order_cells"] = str(len(order_same))
+    G["n_k_order_same"] = str(sum(o == order[(K_INTRUDER, r)] for (k, r), o in order.items()))
+    G["n_k_order_cells"] = str(len(order))
 
     # ---- paired comparisons (by seed; one family, Holm)
     specs = []
@@ -213,7 +206,6 @@ def intruders_study(logs_root="logs", ranks_grid: str = "ranks", ref_grid: str =
     return D
 
 
-
 def by_k_table(by_k, eps: float = 0.7) -> "pd.DataFrame":
     """:func:`counts_by_k` at one ε as a table: a row per (method, r) and full fine-tuning, a column per k
     ("mean ± sd" intruders per layer over seeds)."""
@@ -221,7 +213,7 @@ def by_k_table(by_k, eps: float = 0.7) -> "pd.DataFrame":
     t = by_k[by_k["eps"] == eps]
     rows = []
     for (m, r), g in t.groupby(["method", "rank"], sort=False, dropna=False):
-        row = {"method": m, "r": "–" if r is None or (isinstance(r, float) and math.isnan(r)) else int(r)}
+        row = {"method": m, "r": "–" if pd.isna(r) else int(r)}
         for x in g.itertuples():
             row[f"k = {x.k}"] = format_pm(x.mean, x.sd)
         rows.append(row)
