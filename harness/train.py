@@ -24,7 +24,7 @@ import lora
 from .config import adapter_kwargs, config_hash, run_id
 from .data import HUB_ID, load_task_data, split_validation
 from .logs import write_json_atomic
-from .models import load_model_and_tokenizer
+from .models import load_model_and_tokenizer, qv_layers
 from .tasks import compute_metrics, get_task, majority_baseline
 
 FULL_FT_DELTA_RANK = 32   # full fine-tuning: keep the top-32 SVD factors of each q/v ΔW for the analysis
@@ -141,6 +141,12 @@ def full_ft_delta_factors(model, originals: dict[str, torch.Tensor], rank: int):
     return out
 
 
+def full_ft_originals(model) -> dict[str, torch.Tensor]:
+    """The pretrained weights whose full fine-tuning update is kept for the analysis: the model's query and
+    value layers (:func:`harness.models.qv_layers`: BERT's query/value, MPNet's q/v), as the adapters target."""
+    return {n: model.get_submodule(n).weight.detach().clone() for n in qv_layers(model)}
+
+
 def run(cfg: dict, out_dir: str | os.PathLike = "logs/adhoc", data_dir: str | None = None,
         hub_id: str = HUB_ID, device: str | None = None, progress: bool = True, save_factors: bool = True,
         compact_factors: bool = False) -> dict:
@@ -171,8 +177,7 @@ def run(cfg: dict, out_dir: str | os.PathLike = "logs/adhoc", data_dir: str | No
     val_rows = encode(tok, val_ex, cfg["max_length"]) if val_ex is not None else None
     originals, init_info = {}, None
     if cfg["method"] == "full":
-        originals = {n: m.weight.detach().clone() for n, m in model.named_modules()
-                     if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in ("query", "value")}
+        originals = full_ft_originals(model)
     else:
         stats = None
         if cfg["method"] in lora.DATA_INITS:   # data-aware init: statistics from training batches only

@@ -17,16 +17,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..models import TINY
+
 _W_CACHE: dict[tuple, dict] = {}
 _WSUB_CACHE: dict[tuple, tuple] = {}
 
 
+# MPNet names its projections q/k/v/o; the analysis speaks of them as BERT does.
+_KIND = {"q": "query", "k": "key", "v": "value", "o": "output"}
+
+
 def layer_pos(name: str) -> tuple[int, str]:
-    """``bert.encoder.layer.3.attention.self.value`` → (3, "value"); ValueError without a ``.<i>.`` part."""
+    """``bert.encoder.layer.3.attention.self.value`` → (3, "value"), ``mpnet.encoder.layer.3.attention.attn.v``
+    → (3, "value"); ValueError without a ``.<i>.`` part."""
     m = re.search(r"\.(\d+)\.", name)
     if m is None:
         raise ValueError(f"layer name {name!r} has no '.layer.<i>.' part")
-    return int(m.group(1)), name.rsplit(".", 1)[-1]
+    leaf = name.rsplit(".", 1)[-1]
+    return int(m.group(1)), _KIND.get(leaf, leaf)
 
 
 def layer_label(name: str) -> str:
@@ -46,7 +54,7 @@ def factor_path(log: dict, log_dir) -> Path | None:
 
 def weights_key(log: dict) -> tuple:
     c = log["config"]
-    if c["model"] == "tiny-roberta":   # weights depend on the seed and the vocabulary (the texts)
+    if c["model"] in TINY:   # weights depend on the seed and the vocabulary (the texts)
         data = log.get("data") or {}
         src = json.dumps({k: data.get(k) for k in ("kind", "dir", "id", "config", "files", "fingerprints")},
                          sort_keys=True)
@@ -55,10 +63,13 @@ def weights_key(log: dict) -> tuple:
 
 
 def adapted_names(model, cfg: dict) -> list[str]:
-    """The Linear layers train.py adapts: ``targets`` (query/value for full fine-tuning)."""
+    """The Linear layers train.py adapts: ``targets`` (the model's query/value layers for full fine-tuning)."""
     from lora.core import _matches
-    targets = cfg.get("targets") or ["query", "value"]
-    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and _matches(n, targets)]
+
+    from ..models import qv_layers
+    if not cfg.get("targets"):
+        return qv_layers(model)
+    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and _matches(n, cfg["targets"])]
 
 
 def pretrained_weights(log: dict, layers=None, log_dir=None) -> dict:
@@ -82,7 +93,7 @@ def pretrained_weights(log: dict, layers=None, log_dir=None) -> dict:
     c = log["config"]
     task = get_task(c["task"])
     texts = None
-    if c["model"] == "tiny-roberta":
+    if c["model"] in TINY:
         from ..data import load_task_data
         data = log.get("data") or {}
         if data.get("kind") == "hub":
