@@ -413,8 +413,48 @@ def drift_from_pretrained(log_dir, out_path, data_dir=None, methods=(*STEP0_CHAN
     return result
 
 
-if __name__ == "__main__":      # python -m harness.biencoder: the drift file the book's bi-encoder chapter reads
+def zero_shot(model_id: str, task: str = "bi-stsb", data_dir=None, max_length: int = 128,
+              precision: str = "fp32") -> dict:
+    """The pretrained encoder's dev metrics on a bi-encoder task (mean pooling, cosine), no training: the
+    check that an installed model is the published one (compare with its published benchmark figure)."""
+    t0, dev = time.time(), torch.device("cpu")
+    bt = get_task(task)
+    base = TASKS[bt.pair_task]
+    splits, source = load_task_data(base, data_dir)
+    model, tok = load_encoder(model_id, 0, train_texts=[t for ex in splits["train"] for t in ex.texts])
+    es = make_evalset(tok, splits["dev"], max_length)
+    metrics, _ = evaluate(model, tok, es, bt, dev, precision, "exact")
+    return {"model": model_id, "task": bt.name, "split": "dev", "n_pairs": len(es.labels), "metrics": metrics,
+            "max_length": max_length, "precision": precision, "seconds": round(time.time() - t0, 1),
+            "data": source, "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+# Published STSBenchmark (test split) cosine Spearman of the two sentence embedders (MTEB leaderboard). GLUE's
+# STS-B test labels are not public, so the check compares dev here: the two models' gap should match.
+PUBLISHED_STSB_TEST = {"bundled:all-MiniLM-L6-v2": 0.8203, "bundled:all-mpnet-base-v2": 0.8342}
+
+
+def zero_shot_file(out_path, data_dir=None) -> dict:
+    """:func:`zero_shot` STS-B dev Spearman of every model in :data:`PUBLISHED_STSB_TEST`, beside the published figure."""
+    from .logs import write_json_atomic
+    res = {m: {**zero_shot(m, "bi-stsb", data_dir), "published_stsb_test_spearman": pub}
+           for m, pub in PUBLISHED_STSB_TEST.items()}
+    write_json_atomic(out_path, res)
+    return res
+
+
+if __name__ == "__main__":
+    # python -m harness.biencoder drift       the drift file the book's bi-encoder chapter reads
+    # python -m harness.biencoder zero-shot   the installed models' zero-shot STS-B check (chapter "At base size")
+    import sys
     from .paths import repo_root, resolve
-    res = drift_from_pretrained(resolve("logs/bi"), resolve("logs/bi_drift.json"),
-                                data_dir=os.environ.get("GLUE_DIR") or str(repo_root().parent / "shared" / "glue"))
-    print(f"drift: {len(res['runs'])} runs in {res['provenance']['seconds']} s")
+    glue = os.environ.get("GLUE_DIR") or str(repo_root().parent / "shared" / "glue")
+    what = sys.argv[1] if len(sys.argv) > 1 else "drift"
+    if what == "zero-shot":
+        for m, r in zero_shot_file(resolve("logs/base_zero_shot.json"), glue).items():
+            print(f"{m}: STS-B dev Spearman {r['metrics']['spearman']:.4f} (published, test: {r['published_stsb_test_spearman']})")
+    elif what == "drift":
+        res = drift_from_pretrained(resolve("logs/bi"), resolve("logs/bi_drift.json"), data_dir=glue)
+        print(f"drift: {len(res['runs'])} runs in {res['provenance']['seconds']} s")
+    else:
+        sys.exit(f"unknown command {what!r}; valid: drift, zero-shot")
