@@ -46,10 +46,10 @@ from .models import load_model_and_tokenizer
 from .tasks import get_task
 from .train import encode, init_batches, seed_everything
 
-ROUND1 = ("random", "svd", "svd_naive", "svd_seed", "lora_fa", "lora_fa_svd")
-NEW = tuple(lora.inits.FAMILIES)
+ROUND1 = lora.init_names(study="round1")
+NEW = lora.init_names(study="families")
 INITS = ROUND1 + NEW
-STEP0_CHANGED = ("svd_naive", "svd_seed")       # model ≠ original at step 0: G is the original model's
+STEP0_CHANGED = lora.init_names(changes_model=True)     # model ≠ original at step 0: G is the original model's
 RUN_DIRS = {**{m: "logs/v2" for m in ROUND1}, **{m: "logs/inits" for m in NEW}}
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,104 +9,31 @@ The dense out×in update is never built during training: the adapter path runs o
 activations (``x Aᵀ`` is batch×r).  Dividing by r keeps the update's scale roughly
 independent of r when alpha is fixed (Hu et al. 2021).
 
-Init methods (``INIT_METHODS``), with W = U S Vᵀ the SVD of the pretrained weight:
+The inits (``lora.ALL_INITS``) are declared once, in :mod:`lora.registry` (what each one is: frozen A,
+residual, data, rank limit), and each is a factor function with its math in :mod:`lora.inits`: random
+(LoRA), svd (PiSSA), svd_naive, svd_seed, lora_fa, lora_fa_svd, svd_minor (MiLoRA), olora, eva, corda,
+lora_ga, lora_fa_grad, lora_fa_eva.  :class:`LoRALinear` builds any of them from its spec alone.
 
-* ``random``       A ~ Kaiming-uniform(a=√5), B = 0.  ΔW = 0 at step 0 (LoRA / loralib default).
-* ``svd``          principal SVD init (PiSSA-style).  B = U_r·sqrt(S_r/s), A = sqrt(S_r/s)·V_rᵀ so that
-                   s·B·A = U_r S_r V_rᵀ, and the frozen base becomes the residual W_res = W − s·B₀A₀
-                   computed from the actual product: the model is unchanged at step 0,
-                   ‖W − W_res‖_F = ‖S_r‖ (Eckart–Young) and W_res's singular values are W's tail.
-* ``svd_naive``    the same B, A but W is left as it is, so the model starts at W + U_r S_r V_rᵀ:
-                   the top-r singular values of every adapted layer are doubled before any
-                   training.  An ablation: "svd without the residual" (it is *not* the seed project's init).
-* ``svd_seed``     the seed project's (svd-lorafa) init as its code does it: A frozen = (U_r S_r)ᵀ, B trained
-                   = the first r columns of Vᵀ, no residual, square W only (see :func:`svd_seed_factors`).
-* ``lora_fa``      A frozen with orthonormal rows (QR of a Gaussian), B = 0; only B trains
-                   (LoRA-FA, Zhang et al. 2023).  ΔW's row space is fixed to span(Aᵀ).
-* ``lora_fa_svd``  A frozen = V_rᵀ (W's top-r right singular vectors), B = 0; only B trains.
-
-More families live in :mod:`lora.inits` (``EXTRA_INITS``; all in ``ALL_INITS``), each with its math there:
-
-* ``svd_minor``    MiLoRA: W's *bottom*-r singular triplets split like ``svd``, with the residual.
-* ``olora``        OLoRA (PEFT's): W = QR, B = Q[:, :r], A = R[:r] (s not folded in), with the residual.
-* ``eva``          A = top-r principal directions of the layer's inputs, B = 0 (no rank redistribution).
-* ``corda``        CorDA-IPM (PEFT's): SVD of W·C (C the damped input covariance), Vᵀ ← Vᵀ C⁻¹, with the residual.
-* ``lora_ga``      LoRA-GA (PEFT's defaults): from the SVD of the mean gradient G, with the residual.
-* ``lora_fa_grad`` A frozen = G's top-r right singular vectors, B = 0; only B trains.
-* ``lora_fa_eva``  A frozen = the top-r principal input directions, B = 0; only B trains.
-
-Residual inits (``RESIDUAL_INITS``: ``svd``, ``svd_minor``, ``olora``, ``corda``, ``lora_ga``) leave the
-frozen base at W − s·B₀A₀, so the model is unchanged at step 0 and ΔW relative to W is s·BA − s·B₀A₀.
-The data-aware ones (``DATA_INITS``) read per-layer statistics:
-``add_lora(..., stats=lora.collect_layer_stats(model, targets, batches, needs=...))``.
+Residual inits (``lora.RESIDUAL_INITS``) leave the frozen base at W − s·B₀A₀, so the model is unchanged at
+step 0 and ΔW relative to W is s·BA − s·B₀A₀.  The data-aware ones (``lora.DATA_INITS``) read per-layer
+statistics: ``add_lora(..., stats=lora.collect_layer_stats(model, targets, batches, needs=...))``.
 ``add_lora(..., rslora=True)`` uses s = alpha/√r (rsLoRA, Kalajdzievski 2023) instead of alpha/r.
-
-The truncated SVD is ``full`` (``torch.linalg.svd``) or ``randomized`` (``torch.svd_lowrank``
-with ``niter`` power iterations, oversampled by 10, reproducible for a given seed).
+The SVD inits' truncated SVD (:func:`lora.inits.truncated_svd`) is ``full`` or ``randomized``.
 """
 from __future__ import annotations
 
 import math
-import re
 from typing import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import inits as _inits
-from .inits import LayerStats
+from .inits import SVD_METHODS, InitContext, LayerStats, svd_seed_factors, truncated_svd  # noqa: F401 (re-exported)
+from .registry import check_layer_stats, check_rank, init_spec
+from .targets import matches as _matches, no_match_error
 
-INIT_METHODS = ("random", "svd", "svd_naive", "lora_fa", "lora_fa_svd")   # round 1's: weight-only, any shape
-SVD_METHODS = ("full", "randomized")
 DROPOUT_MASKS = ("torch", "int16")     # how the adapter's dropout mask is drawn (see Int16Dropout)
-FROZEN_A_METHODS = ("lora_fa", "lora_fa_svd")
-EXTRA_INITS = ("svd_seed", *_inits.FAMILIES)               # svd_seed (square W only) + lora/inits.py's families
-ALL_INITS = INIT_METHODS + EXTRA_INITS
-FROZEN_A_INITS = FROZEN_A_METHODS + ("svd_seed",) + tuple(n for n, f in _inits.FAMILIES.items() if f.freeze_A)
-RESIDUAL_INITS = ("svd",) + tuple(n for n, f in _inits.FAMILIES.items() if f.residual)
-
-
-def truncated_svd(W: torch.Tensor, rank: int, method: str = "full", niter: int = 4,
-                  generator_seed: int | None = None):
-    """Top-``rank`` SVD of W (out×in): returns U_r (out×r), S_r (r,), V_r (in×r), in float32."""
-    if method not in SVD_METHODS:
-        raise ValueError(f"unknown svd method {method!r}; valid: {', '.join(SVD_METHODS)}")
-    W64 = W.detach().to(torch.float64)
-    if method == "full":
-        U, S, Vh = torch.linalg.svd(W64, full_matrices=False)
-        V = Vh.mT
-    else:
-        q = min(rank + 10, *W64.shape)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0 if generator_seed is None else generator_seed)
-            U, S, V = torch.svd_lowrank(W64, q=q, niter=niter)
-    dtype = W.dtype
-    return U[:, :rank].to(dtype), S[:rank].to(dtype), V[:, :rank].to(dtype)
-
-
-def svd_seed_factors(W: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The seed project's "svd" init (svd-lorafa, ``lora/model.py``), reproduced as it is, quirks included.
-
-    With ``U, S, Vh = torch.linalg.svd(W)`` (torch returns Vᵀ, here Vh), that code sets
-
-        A = (U[:, :r] · diag(S[:r]))ᵀ      (r×out)  frozen (a LoRA-FA layer)
-        B = Vh[:, :r]                      (in×r)   trained
-
-    i.e. B holds the first r *columns* of Vᵀ (entries V[j, i] for i < r: the first r coordinates of every
-    right singular vector), not the top-r right singular vectors V[:, :r] it was presumably meant to be.
-    The shapes only fit a square W (out = in), and nothing is subtracted from W, so the model starts at
-    W + s·B·A ≠ W: every adapted layer is changed before the first step.  The seed used alpha = 1
-    (s = 1/r); pass ``alpha=1`` to reproduce that (the study's specs do).  Returns (B, A) in W's dtype.
-    """
-    out_f, in_f = W.shape
-    if out_f != in_f:
-        raise ValueError(f"svd_seed needs a square weight (the seed project's construction), got {out_f}×{in_f}; "
-                         f"valid: out_features == in_features")
-    U, S, Vh = torch.linalg.svd(W.detach().to(torch.float64))
-    A = (U[:, :rank] * S[:rank]).mT
-    B = Vh[:, :rank]
-    return B.to(W.dtype), A.to(W.dtype)
 
 
 def relative_delta_factors(B: torch.Tensor, A: torch.Tensor, B0: torch.Tensor | None = None,
@@ -174,7 +101,9 @@ class LoRALinear(nn.Module):
 
     Parameters ``lora_A`` (r×in) and ``lora_B`` (out×r); buffers ``lora_A0``/``lora_B0`` keep the
     init factors, so that ΔW relative to the *original* pretrained W is always recoverable:
-    for residual inits (``RESIDUAL_INITS``, whose base holds W − s·B₀A₀) it is s·BA − s·B₀A₀, otherwise s·BA.
+    for residual inits (``lora.RESIDUAL_INITS``, whose base holds W − s·B₀A₀) it is s·BA − s·B₀A₀, otherwise s·BA.
+    ``init`` names a registered init (:mod:`lora.registry`): its spec says whether A is frozen and whether
+    the base becomes residual; its factor function gives (B₀, A₀).
     """
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0,
@@ -184,41 +113,29 @@ class LoRALinear(nn.Module):
         super().__init__()
         if dropout_mask not in DROPOUT_MASKS:
             raise ValueError(f"unknown dropout mask {dropout_mask!r}; valid: {', '.join(DROPOUT_MASKS)}")
+        spec = init_spec(init)
         out_f, in_f = base.weight.shape
+        check_rank(init, "(this layer)", (out_f, in_f), rank)
         self.base = base
         self.rank, self.alpha, self.init, self.rslora = rank, float(alpha), init, bool(rslora)
         self.scaling = self.alpha / (math.sqrt(rank) if rslora else rank)
-        self.freeze_A = init in FROZEN_A_INITS
-        self.residual = init in RESIDUAL_INITS      # base weight holds W − s·B₀A₀
+        self.freeze_A = spec.freeze_A
+        self.residual = spec.residual               # base weight holds W − s·B₀A₀
         self.merged = False
         self.dropout = (nn.Identity() if dropout == 0 else
                         nn.Dropout(dropout) if dropout_mask == "torch" else Int16Dropout(dropout))
         w = base.weight
-        A = torch.zeros(rank, in_f, dtype=w.dtype, device=w.device)
-        B = torch.zeros(out_f, rank, dtype=w.dtype, device=w.device)
+        # One draw per layer from the generator, whatever the init, before the init's own draws: the
+        # randomized SVD's seed.  Skipping or moving it would change every seeded init's factors.
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else None
-        if init in _inits.FAMILIES:        # lora/inits.py: float64 factors, cast here
-            stats = _inits.check_layer_stats(init, "(this layer)", stats, (out_f, in_f))
-            B0, A0 = _inits.init_factors(init, w, rank, self.scaling, stats)
-            B.copy_(B0)
-            A.copy_(A0)
-        elif init == "random":
-            nn.init.kaiming_uniform_(A, a=math.sqrt(5), generator=generator)
-        elif init == "lora_fa":
-            G = torch.randn(in_f, rank, generator=generator, dtype=torch.float64).to(w.device)
-            A.copy_(torch.linalg.qr(G).Q.mT)
-        elif init == "svd_seed":
-            B0, A0 = svd_seed_factors(w, rank)
-            B.copy_(B0)
-            A.copy_(A0)
-        else:  # the three SVD-based inits
-            U, S, V = truncated_svd(w, rank, svd_method, niter, seed)
-            if init == "lora_fa_svd":
-                A.copy_(V.mT)
-            else:
-                root = torch.sqrt(S / self.scaling)
-                B.copy_(U * root)
-                A.copy_(root[:, None] * V.mT)
+        ctx = InitContext(stats=check_layer_stats(init, "(this layer)", stats, (out_f, in_f)), generator=generator,
+                          seed=seed, svd_method=svd_method, niter=niter)
+        B0, A0 = spec.factors(w, rank, self.scaling, ctx)
+        if tuple(B0.shape) != (out_f, rank) or tuple(A0.shape) != (rank, in_f):
+            raise ValueError(f"init {init!r} gave B₀ {tuple(B0.shape)} and A₀ {tuple(A0.shape)}; "
+                             f"valid: {(out_f, rank)} and {(rank, in_f)}")
+        A = torch.zeros(rank, in_f, dtype=w.dtype, device=w.device).copy_(A0.detach())    # cast to W's dtype
+        B = torch.zeros(out_f, rank, dtype=w.dtype, device=w.device).copy_(B0.detach())
         self.lora_A = nn.Parameter(A, requires_grad=not self.freeze_A)
         self.lora_B = nn.Parameter(B)
         self.register_buffer("lora_A0", A.clone())
@@ -252,7 +169,7 @@ class LoRALinear(nn.Module):
     def delta_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(B_eff, A_eff) with B_eff @ A_eff = ΔW relative to the original pretrained W.
 
-        s·BA, except for residual inits (``RESIDUAL_INITS``) where it is s·BA − s·B₀A₀ = s·[B, −B₀]·[A; A₀]
+        s·BA, except for residual inits (``lora.RESIDUAL_INITS``) where it is s·BA − s·B₀A₀ = s·[B, −B₀]·[A; A₀]
         (rank ≤ 2r).  The scaling s is folded into B_eff.
         """
         B, A = relative_delta_factors(self.lora_B.detach(), self.lora_A.detach(),
@@ -261,12 +178,6 @@ class LoRALinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, alpha={self.alpha:g}, init={self.init}, merged={self.merged}"
-
-
-def _matches(name: str, targets: str | Sequence[str]) -> bool:
-    if isinstance(targets, str):            # a regex over the full module name
-        return re.fullmatch(targets, name) is not None
-    return any(name == t or name.endswith("." + t) for t in targets)
 
 
 def in_modules(name: str, modules: Sequence[str]) -> bool:
@@ -292,13 +203,12 @@ def add_lora(model: nn.Module, targets: str | Sequence[str] = ("query", "value")
     LoRA-FA inits) and parameters whose name starts with or contains a module in
     ``keep_trainable`` (e.g. ``["classifier"]``).  ``seed`` makes the init reproducible.
     ``stats``: per-layer :class:`LayerStats` from :func:`lora.collect_layer_stats` (same ``targets``),
-    required by the ``DATA_INITS``.  ``rslora``: s = alpha/√r instead of alpha/r.
+    required by the ``lora.DATA_INITS``.  ``rslora``: s = alpha/√r instead of alpha/r.
     ``dropout_mask``: ``"torch"`` (``nn.Dropout``) or ``"int16"`` (:class:`Int16Dropout`: the same
     distribution, p rounded to a multiple of 2⁻¹⁶, a cheaper random stream).
     Returns the model.
     """
-    if init not in ALL_INITS:
-        raise ValueError(f"unknown init {init!r}; valid: {', '.join(ALL_INITS)}")
+    init_spec(init)                          # an unknown init: one line naming the valid ones
     if svd_method not in SVD_METHODS:
         raise ValueError(f"unknown svd method {svd_method!r}; valid: {', '.join(SVD_METHODS)}")
     if dropout_mask not in DROPOUT_MASKS:
@@ -320,18 +230,10 @@ def add_lora(model: nn.Module, targets: str | Sequence[str] = ("query", "value")
         if isinstance(mod, nn.Linear):
             chosen.append((name, mod))
     if not chosen:
-        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        raise ValueError(f"targets {targets!r} matched no nn.Linear; Linear layers include: "
-                         f"{', '.join(linears[:8])}{' ...' if len(linears) > 8 else ''}")
-    for name, lin in chosen:
-        if rank > min(lin.in_features, lin.out_features):
-            raise ValueError(f"rank {rank} is too large for {name!r} ({lin.out_features}×"
-                             f"{lin.in_features}); valid: 1..{min(lin.in_features, lin.out_features)}")
-        if init == "lora_ga" and 2 * rank > min(lin.in_features, lin.out_features):
-            raise ValueError(f"rank {rank} is too large for init 'lora_ga' on {name!r} ({lin.out_features}×"
-                             f"{lin.in_features}, needs 2·rank ≤ {min(lin.in_features, lin.out_features)}); "
-                             f"valid: 1..{min(lin.in_features, lin.out_features) // 2}")
-    layer_stats = {name: _inits.check_layer_stats(init, name, stats, tuple(lin.weight.shape)) for name, lin in chosen}
+        raise no_match_error(model, targets)
+    for name, lin in chosen:                 # every check before the first layer is replaced
+        check_rank(init, name, tuple(lin.weight.shape), rank)
+    layer_stats = {name: check_layer_stats(init, name, stats, tuple(lin.weight.shape)) for name, lin in chosen}
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     for name, lin in chosen:
         parent_name, _, child = name.rpartition(".")

@@ -1,29 +1,34 @@
-"""LoRA init families beyond :mod:`lora.core`'s own, each one a choice of subspace, plus the data they need.
+"""The LoRA inits' factor functions, each one a choice of subspace with its math, plus the data they need.
 
-(Over 400 lines on purpose: seven inits, each a short function with its math, and the statistics they
-share; one file keeps the family and its PEFT-equivalence notes side by side.)
+(Over 400 lines on purpose: thirteen inits, each a short function with its math, and the statistics they
+share; one file keeps the inits and their PEFT-equivalence notes side by side.  What each init *is* to the
+rest of the code (frozen A, residual, data, rank limit, ...) is declared once, in :mod:`lora.registry`.)
 
-Notation as in :mod:`lora.core`: one adapted ``nn.Linear`` with weight W (out×in),
+Notation as in :mod:`lora.core`: one adapted ``nn.Linear`` with weight W (out×in) = U S Vᵀ (its SVD),
 
     y = x Wᵀ + s · x Aᵀ Bᵀ        A: r×in,  B: out×r,  s = alpha/r  (alpha/√r with rsLoRA)
 
-Every init here is a function ``f(W, rank, scaling, stats=None) -> (B₀, A₀)`` returning float64 factors
-(:class:`lora.core.LoRALinear` casts them to W's dtype).  Two kinds:
+Every init is a function ``f(W, rank, scaling, ctx) -> (B₀, A₀)`` (out×r, r×in; ``ctx`` an
+:class:`InitContext`: the layer's statistics, the random generator, the SVD settings);
+:class:`lora.core.LoRALinear` casts the factors to W's dtype.  Three kinds:
 
-* **residual** inits (``svd_minor``, ``olora``, ``corda``, ``lora_ga``) give B₀, A₀ ≠ 0 and the frozen base
-  becomes W_res = W − s·B₀A₀, computed from the cast factors, so the model is unchanged at step 0 (up to
-  rounding) and ΔW relative to the original W is s·BA − s·B₀A₀ (``LoRALinear.residual``).
-* **zero-B** inits (``eva``, ``lora_fa_grad``, ``lora_fa_eva``) give B₀ = 0: ΔW = 0 at step 0, W untouched;
-  only the row space of the first updates (span of A₀'s rows) is chosen.  ``lora_fa_*`` freeze A.
+* **residual** inits (``svd``, ``svd_minor``, ``olora``, ``corda``, ``lora_ga``) give B₀, A₀ ≠ 0 and the
+  frozen base becomes W_res = W − s·B₀A₀, computed from the cast factors, so the model is unchanged at
+  step 0 (up to rounding) and ΔW relative to the original W is s·BA − s·B₀A₀ (``LoRALinear.residual``).
+* **zero-B** inits (``random``, ``lora_fa``, ``lora_fa_svd``, ``eva``, ``lora_fa_grad``, ``lora_fa_eva``)
+  give B₀ = 0: ΔW = 0 at step 0, W untouched; only the row space of the first updates (span of A₀'s
+  rows) is chosen.  ``lora_fa*`` freeze A.
+* **model-changing** inits (``svd_naive``, ``svd_seed``) give s·B₀A₀ ≠ 0 and leave W as it is: the model
+  starts at W + s·B₀A₀, not at the pretrained one (ablations).
 
-Data-aware inits read :class:`LayerStats` from :func:`collect_layer_stats` (``DATA_INITS`` says which):
+Data-aware inits read :class:`LayerStats` from :func:`collect_layer_stats` (``lora.DATA_INITS`` says which):
 the uncentred input second moment C = XᵀX/n_tokens (and the input mean μ), and/or the mean gradient G of
 the loss with respect to W over a few batches.
 
 :func:`gradient_capture` measures, for given init factors and a full-fine-tuning gradient G, the share of
 G that the adapter's first step can express.
 
-Where these follow PEFT 0.21 (``peft/tuners/lora/layer.py``: ``olora_init``, ``corda_init``,
+Where these follow PEFT 0.21 (``peft/tuners/lora/layer.py``: ``pissa_init``, ``olora_init``, ``corda_init``,
 ``lora_ga_init``; ``peft/tuners/lora/eva.py``, ``corda.py``, ``loraga.py``) the docstrings say so and name
 every difference; ``tests/test_inits.py`` compares against PEFT on a tiny model.
 """
@@ -36,8 +41,11 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from .targets import matches, no_match_error
+
 _F64 = torch.float64
 STAT_KINDS = ("input", "grad")
+SVD_METHODS = ("full", "randomized")
 
 
 # =========================================================================== statistics
@@ -74,6 +82,22 @@ class LayerStats:
         return _canonical_sign(evecs.flip(1)[:, :rank].mT)
 
 
+@dataclass
+class InitContext:
+    """What an init's factor function may read besides W, rank and s.
+
+    stats       the layer's :class:`LayerStats` (data-aware inits only, else None)
+    generator   the random generator of :func:`lora.add_lora`'s ``seed`` (None: torch's global RNG)
+    seed        an int drawn from ``generator`` for this layer (None without one): seeds the randomized SVD
+    svd_method, niter   how :func:`truncated_svd` computes the top-r SVD
+    """
+    stats: LayerStats | None = None
+    generator: torch.Generator | None = None
+    seed: int | None = None
+    svd_method: str = "full"
+    niter: int = 4
+
+
 def collect_layer_stats(model: nn.Module, targets: str | Sequence[str], batches: Iterable[Mapping],
                         needs: Iterable[str] = frozenset(STAT_KINDS),
                         loss_fn: Callable | None = None, max_batches: int | None = None) -> dict[str, LayerStats]:
@@ -89,17 +113,13 @@ def collect_layer_stats(model: nn.Module, targets: str | Sequence[str], batches:
     parameter's ``requires_grad`` and ``.grad`` (gradients are taken with ``torch.autograd.grad``, never
     accumulated into ``.grad``), and the global torch RNG (``torch.random.fork_rng``).
     """
-    from .core import _matches              # lora.core imports this module: import late
-
     needs = set(needs)
     if not needs or not needs <= set(STAT_KINDS):
         raise ValueError(f"unknown statistics {sorted(needs - set(STAT_KINDS)) or '(none)'}; valid: "
                          f"{', '.join(STAT_KINDS)}")
-    layers = {n: m for n, m in model.named_modules() if n and isinstance(m, nn.Linear) and _matches(n, targets)}
+    layers = {n: m for n, m in model.named_modules() if n and isinstance(m, nn.Linear) and matches(n, targets)}
     if not layers:
-        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        raise ValueError(f"targets {targets!r} matched no nn.Linear; Linear layers include: "
-                         f"{', '.join(linears[:8])}{' ...' if len(linears) > 8 else ''}")
+        raise no_match_error(model, targets)
     want_in, want_grad = "input" in needs, "grad" in needs
     acc = {n: dict(xx=None, x=None, tok=0, g=None) for n in layers}
     current: dict = {}
@@ -196,8 +216,106 @@ def _split(U, S, Vh, scaling):
     return U * root, root[:, None] * Vh
 
 
-# =========================================================================== weight-only inits
-def svd_minor_init(W: torch.Tensor, rank: int, scaling: float, stats: LayerStats | None = None):
+def truncated_svd(W: torch.Tensor, rank: int, method: str = "full", niter: int = 4,
+                  generator_seed: int | None = None):
+    """Top-``rank`` SVD of W (out×in): returns U_r (out×r), S_r (r,), V_r (in×r) in W's dtype.
+
+    ``full``: ``torch.linalg.svd`` in float64.  ``randomized``: ``torch.svd_lowrank`` with ``niter`` power
+    iterations, oversampled by 10, reproducible for a given ``generator_seed`` (the global RNG is untouched).
+    """
+    if method not in SVD_METHODS:
+        raise ValueError(f"unknown svd method {method!r}; valid: {', '.join(SVD_METHODS)}")
+    W64 = W.detach().to(torch.float64)
+    if method == "full":
+        U, S, Vh = torch.linalg.svd(W64, full_matrices=False)
+        V = Vh.mT
+    else:
+        q = min(rank + 10, *W64.shape)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0 if generator_seed is None else generator_seed)
+            U, S, V = torch.svd_lowrank(W64, q=q, niter=niter)
+    dtype = W.dtype
+    return U[:, :rank].to(dtype), S[:rank].to(dtype), V[:, :rank].to(dtype)
+
+
+# =========================================================================== random and weight-only inits
+def random_init(W: torch.Tensor, rank: int, scaling: float, ctx: InitContext):
+    """LoRA's default (Hu et al. 2021; loralib, PEFT's ``init_lora_weights=True``): A₀ ~ Kaiming-uniform(a=√5)
+    (r×in, i.e. U(−1/√in, 1/√in)), B₀ = 0 (out×r).  ΔW = 0 at step 0, W untouched.  A trains.
+    Draws from ``ctx.generator`` (torch's global RNG when None); factors in W's dtype."""
+    A = torch.zeros(rank, W.shape[1], dtype=W.dtype, device=W.device)
+    nn.init.kaiming_uniform_(A, a=math.sqrt(5), generator=ctx.generator)
+    return torch.zeros(W.shape[0], rank, dtype=W.dtype, device=W.device), A
+
+
+def lora_fa_init(W: torch.Tensor, rank: int, scaling: float, ctx: InitContext):
+    """LoRA-FA (Zhang et al. 2023): A₀ frozen with orthonormal rows, B₀ = 0; only B trains.
+
+    A₀ = Qᵀ (r×in) from the thin QR of a float64 Gaussian G (in×r) drawn from ``ctx.generator``: a uniformly
+    random r-dimensional row space.  ΔW = s·B·A₀ always has its row space in span(A₀ᵀ); W untouched.
+    """
+    G = torch.randn(W.shape[1], rank, generator=ctx.generator, dtype=_F64).to(W.device)
+    return torch.zeros(W.shape[0], rank, dtype=_F64, device=W.device), torch.linalg.qr(G).Q.mT
+
+
+def svd_init(W: torch.Tensor, rank: int, scaling: float, ctx: InitContext):
+    """Principal SVD init (PiSSA, Meng et al. 2024; PEFT's ``pissa``), with the residual.
+
+    W's top-r triplets U_r S_r V_rᵀ (:func:`truncated_svd` with ``ctx.svd_method``, seeded by ``ctx.seed``):
+    B₀ = U_r·sqrt(S_r/s) (out×r), A₀ = sqrt(S_r/s)·V_rᵀ (r×in), so s·B₀A₀ = U_r S_r V_rᵀ.  The frozen base
+    becomes W_res = W − s·B₀A₀ (from the actual product): the model is unchanged at step 0,
+    ‖W − W_res‖_F = ‖S_r‖ (Eckart–Young) and W_res's singular values are W's tail.  Factors in W's dtype.
+    """
+    U, S, V = truncated_svd(W, rank, ctx.svd_method, ctx.niter, ctx.seed)
+    root = torch.sqrt(S / scaling)
+    return U * root, root[:, None] * V.mT
+
+
+def svd_naive_init(W: torch.Tensor, rank: int, scaling: float, ctx: InitContext):
+    """:func:`svd_init`'s B₀, A₀ with W left as it is, so the model starts at W + U_r S_r V_rᵀ: the top-r
+    singular values of every adapted layer are doubled before any training.  An ablation, "svd without the
+    residual" (it is *not* the seed project's init: that is :func:`svd_seed_init`)."""
+    return svd_init(W, rank, scaling, ctx)
+
+
+def lora_fa_svd_init(W: torch.Tensor, rank: int, scaling: float, ctx: InitContext):
+    """LoRA-FA with W's principal subspace: A₀ frozen = V_rᵀ (r×in, W's top-r right singular vectors, via
+    :func:`truncated_svd`), B₀ = 0 (out×r).  Only B trains; W untouched.  Factors in W's dtype."""
+    _, _, V = truncated_svd(W, rank, ctx.svd_method, ctx.niter, ctx.seed)
+    return torch.zeros(W.shape[0], rank, dtype=W.dtype, device=W.device), V.mT
+
+
+def svd_seed_factors(W: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seed project's "svd" init (svd-lorafa, ``lora/model.py``), reproduced as it is, quirks included.
+
+    With ``U, S, Vh = torch.linalg.svd(W)`` (torch returns Vᵀ, here Vh), that code sets
+
+        A = (U[:, :r] · diag(S[:r]))ᵀ      (r×out)  frozen (a LoRA-FA layer)
+        B = Vh[:, :r]                      (in×r)   trained
+
+    i.e. B holds the first r *columns* of Vᵀ (entries V[j, i] for i < r: the first r coordinates of every
+    right singular vector), not the top-r right singular vectors V[:, :r] it was presumably meant to be.
+    The shapes only fit a square W (out = in), and nothing is subtracted from W, so the model starts at
+    W + s·B·A ≠ W: every adapted layer is changed before the first step.  The seed used alpha = 1
+    (s = 1/r); pass ``alpha=1`` to reproduce that (the study's specs do).  Returns (B, A) in W's dtype.
+    """
+    out_f, in_f = W.shape
+    if out_f != in_f:
+        raise ValueError(f"svd_seed needs a square weight (the seed project's construction), got {out_f}×{in_f}; "
+                         f"valid: out_features == in_features")
+    U, S, Vh = torch.linalg.svd(W.detach().to(torch.float64))
+    A = (U[:, :rank] * S[:rank]).mT
+    B = Vh[:, :rank]
+    return B.to(W.dtype), A.to(W.dtype)
+
+
+def svd_seed_init(W: torch.Tensor, rank: int, scaling: float, ctx: InitContext):
+    """The seed project's init, :func:`svd_seed_factors`: A₀ = (U_r S_r)ᵀ frozen, B₀ = the first r columns
+    of Vᵀ, no residual (the model changes at step 0), square W only."""
+    return svd_seed_factors(W, rank)
+
+
+def svd_minor_init(W: torch.Tensor, rank: int, scaling: float, ctx: InitContext):
     """MiLoRA (Wang et al. 2024): the *bottom*-r singular triplets of W, with the residual.
 
     W = U S Vᵀ (thin, S descending, k = min(out, in)); take the last r triplets U_m (out×r), S_m, V_m (in×r)
@@ -210,7 +328,7 @@ def svd_minor_init(W: torch.Tensor, rank: int, scaling: float, stats: LayerStats
     return _split(U[:, -rank:], S[-rank:], Vh[-rank:], scaling)
 
 
-def olora_init(W: torch.Tensor, rank: int, scaling: float, stats: LayerStats | None = None):
+def olora_init(W: torch.Tensor, rank: int, scaling: float, ctx: InitContext):
     """OLoRA (Büyükakyüz 2024), exactly as PEFT 0.21's ``olora_init``: thin QR of W, with the residual.
 
     W = Q R (Q: out×k orthonormal columns, R: k×in upper-trapezoidal, k = min(out, in));
@@ -234,7 +352,7 @@ def _need(stats: LayerStats | None, field: str, init: str) -> torch.Tensor:
     return value.to(_F64)
 
 
-def eva_init(W: torch.Tensor, rank: int, scaling: float, stats: LayerStats | None = None, center: bool = True):
+def eva_init(W: torch.Tensor, rank: int, scaling: float, ctx: InitContext, center: bool = True):
     """EVA (Paischer et al. 2024): A₀ = the top-r principal directions of the layer's inputs, B₀ = 0.
 
     A₀ (r×in, orthonormal rows) = top-r eigenvectors of the input covariance Σ = C − μμᵀ, i.e. the top-r
@@ -249,17 +367,17 @@ def eva_init(W: torch.Tensor, rank: int, scaling: float, stats: LayerStats | Non
     steps exceeds ``tau``, cycling the data; on one batch with q = 2r ≥ in both are the same PCA;
     (3) no whitening (PEFT's default too).  Signs: largest-|·| entry of each row positive, as PEFT's.
     """
-    _need(stats, "input_cov", "eva")
-    A = stats.input_directions(rank, center=center)
+    _need(ctx.stats, "input_cov", "eva")
+    A = ctx.stats.input_directions(rank, center=center)
     return torch.zeros(W.shape[0], rank, dtype=_F64, device=A.device), A
 
 
-def lora_fa_eva_init(W: torch.Tensor, rank: int, scaling: float, stats: LayerStats | None = None):
+def lora_fa_eva_init(W: torch.Tensor, rank: int, scaling: float, ctx: InitContext):
     """LoRA-FA with EVA's subspace: A₀ frozen = the top-r principal input directions (as :func:`eva_init`,
     centred, orthonormal rows), B₀ = 0 (out×r).  Only B trains, so ΔW = s·B·A₀ always has its row space
     in the principal input subspace.  W untouched; the model is unchanged at step 0."""
-    _need(stats, "input_cov", "lora_fa_eva")
-    return eva_init(W, rank, scaling, stats)
+    _need(ctx.stats, "input_cov", "lora_fa_eva")
+    return eva_init(W, rank, scaling, ctx)
 
 
 def corda_damped_covariance(C: torch.Tensor, damp: float = 0.01, tol: float = 0.05):
@@ -277,7 +395,7 @@ def corda_damped_covariance(C: torch.Tensor, damp: float = 0.01, tol: float = 0.
     raise ValueError("corda: the input covariance could not be inverted even with heavy damping")
 
 
-def corda_init(W: torch.Tensor, rank: int, scaling: float, stats: LayerStats | None = None):
+def corda_init(W: torch.Tensor, rank: int, scaling: float, ctx: InitContext):
     """CorDA, instruction-previewed mode (IPM; Yang et al. 2024), as PEFT 0.21 builds it, with the residual.
 
     C' = damped input covariance (:func:`corda_damped_covariance`, in×in); W C' = U S V̂ᵀ (thin SVD);
@@ -291,7 +409,7 @@ def corda_init(W: torch.Tensor, rank: int, scaling: float, stats: LayerStats | N
     residual do not depend on C's overall scale (C → cC gives S → cS, Vᵀ → Vᵀ/c), but the factors do:
     for C = c·C_peft, B₀ = √c·B_peft and A₀ = A_peft/√c.  On one forward call the two C are proportional.
     """
-    C = _need(stats, "input_cov", "corda")
+    C = _need(ctx.stats, "input_cov", "corda")
     Cd, inv = corda_damped_covariance(C.to(W.device))
     U, S, Vh = _svd(W.detach().to(_F64) @ Cd)
     Vh = Vh @ inv
@@ -302,7 +420,7 @@ LORA_GA_DIRECTIONS = ("ArB2r", "A2rBr", "ArBr")
 LORA_GA_SCALES = ("stable", "unit")
 
 
-def lora_ga_init(W: torch.Tensor, rank: int, scaling: float, stats: LayerStats | None = None,
+def lora_ga_init(W: torch.Tensor, rank: int, scaling: float, ctx: InitContext,
                  direction: str = "ArB2r", scale: str = "stable", gamma: float = 16.0):
     """LoRA-GA (Wang et al. 2024) as PEFT 0.21's ``lora_ga_init`` with its defaults, with the residual.
 
@@ -321,7 +439,7 @@ def lora_ga_init(W: torch.Tensor, rank: int, scaling: float, stats: LayerStats |
     flipped with it).  PEFT's ``"random"`` direction and ``"weight_svd"``/``"gd_scale"`` scales are not
     implemented.
     """
-    G = _need(stats, "grad", "lora_ga")
+    G = _need(ctx.stats, "grad", "lora_ga")
     if direction not in LORA_GA_DIRECTIONS:
         raise ValueError(f"unknown lora_ga direction {direction!r}; valid: {', '.join(LORA_GA_DIRECTIONS)}")
     if scale not in LORA_GA_SCALES:
@@ -340,68 +458,14 @@ def lora_ga_init(W: torch.Tensor, rank: int, scaling: float, stats: LayerStats |
     return B, A
 
 
-def lora_fa_grad_init(W: torch.Tensor, rank: int, scaling: float, stats: LayerStats | None = None):
+def lora_fa_grad_init(W: torch.Tensor, rank: int, scaling: float, ctx: InitContext):
     """LoRA-FA with the gradient's subspace: A₀ frozen = the top-r right singular vectors of the mean
     gradient G (r×in, orthonormal rows, canonical signs), B₀ = 0 (out×r).  Only B trains; the first step
     then moves along G·P_A, which keeps the largest share of ‖G‖² any frozen rank-r A can
     (Σ_{i≤r} S_i² / Σ S_i²).  W untouched; the model is unchanged at step 0."""
-    G = _need(stats, "grad", "lora_fa_grad")
+    G = _need(ctx.stats, "grad", "lora_fa_grad")
     _, _, Vh = _svd(G.to(W.device))
     return torch.zeros(W.shape[0], rank, dtype=_F64, device=W.device), Vh[:rank].clone()
-
-
-# =========================================================================== registry
-@dataclass(frozen=True)
-class InitSpec:
-    fn: Callable                 # (W, rank, scaling, stats) -> (B₀ out×r, A₀ r×in), float64
-    residual: bool               # base weight becomes W − s·B₀A₀
-    freeze_A: bool               # A is not trained (LoRA-FA)
-    needs: frozenset             # statistics from collect_layer_stats
-
-
-FAMILIES: dict[str, InitSpec] = {
-    "svd_minor": InitSpec(svd_minor_init, True, False, frozenset()),
-    "olora": InitSpec(olora_init, True, False, frozenset()),
-    "eva": InitSpec(eva_init, False, False, frozenset({"input"})),
-    "corda": InitSpec(corda_init, True, False, frozenset({"input"})),
-    "lora_ga": InitSpec(lora_ga_init, True, False, frozenset({"grad"})),
-    "lora_fa_grad": InitSpec(lora_fa_grad_init, False, True, frozenset({"grad"})),
-    "lora_fa_eva": InitSpec(lora_fa_eva_init, False, True, frozenset({"input"})),
-}
-DATA_INITS: dict[str, set[str]] = {n: set(s.needs) for n, s in FAMILIES.items() if s.needs}
-
-
-def check_layer_stats(init: str, name: str, stats: Mapping[str, LayerStats] | LayerStats | None,
-                      shape: tuple[int, int]) -> LayerStats | None:
-    """The statistics of layer ``name`` for ``init`` (None for inits that need none), or a one-line ValueError."""
-    needs = DATA_INITS.get(init)
-    if not needs:
-        return None
-    hint = f"pass stats=lora.collect_layer_stats(model, targets, batches, needs={sorted(needs)})"
-    if stats is None:
-        raise ValueError(f"init {init!r} needs layer statistics ({', '.join(sorted(needs))}); {hint}")
-    st = stats if isinstance(stats, LayerStats) else stats.get(name)
-    if st is None:
-        have = ", ".join(sorted(stats)[:6]) or "none"
-        raise ValueError(f"init {init!r} has no statistics for layer {name!r} (have: {have}); {hint}")
-    out_f, in_f = shape
-    if "input" in needs and (st.input_cov is None or tuple(st.input_cov.shape) != (in_f, in_f)):
-        got = None if st.input_cov is None else tuple(st.input_cov.shape)
-        raise ValueError(f"init {init!r} needs an input covariance of shape {(in_f, in_f)} for layer {name!r}, "
-                         f"got {got}; {hint}")
-    if "grad" in needs and (st.grad is None or tuple(st.grad.shape) != (out_f, in_f)):
-        got = None if st.grad is None else tuple(st.grad.shape)
-        raise ValueError(f"init {init!r} needs a gradient of shape {(out_f, in_f)} for layer {name!r}, "
-                         f"got {got}; {hint}")
-    return st
-
-
-def init_factors(init: str, W: torch.Tensor, rank: int, scaling: float,
-                 stats: LayerStats | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B₀, A₀) in float64 for one of :data:`FAMILIES`."""
-    if init not in FAMILIES:
-        raise ValueError(f"unknown init {init!r}; valid: {', '.join(FAMILIES)}")
-    return FAMILIES[init].fn(W, rank, scaling, stats)
 
 
 # =========================================================================== step-0 gradient capture

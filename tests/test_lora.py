@@ -209,7 +209,7 @@ def test_lora_linear_standalone(init):
     assert layer.lora_A0.shape == (3, 10) and "lora_A0" in dict(layer.named_buffers())
     assert not layer.base.weight.requires_grad and not layer.base.bias.requires_grad
     assert layer.lora_A.requires_grad == (init not in lora.FROZEN_A_METHODS) and layer.lora_B.requires_grad
-    assert layer.residual == (init == "svd") and layer.freeze_A == (init in lora.FROZEN_A_METHODS)
+    assert layer.residual == (init in lora.RESIDUAL_INITS) and layer.freeze_A == (init in lora.FROZEN_A_METHODS)
     with torch.no_grad():
         layer.lora_B.normal_()
         x = torch.randn(5, 10)

@@ -27,6 +27,8 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+import lora
+
 from ..tasks import order_tasks
 from .protocol_v2 import Runs, method_order, selected_lrs
 from .stats import mean_sd, paired, t_interval, with_holm
@@ -44,7 +46,7 @@ def zero_shot(log: dict) -> dict:
     return first
 
 
-STEP0_CHANGING = ("svd_naive", "svd_seed")     # = harness.capture.STEP0_CHANGED (not imported: analysis stays torch-free)
+STEP0_CHANGING = lora.init_names(changes_model=True)     # inits whose step-0 model is not the pretrained one
 
 
 class BiStudy:

@@ -28,32 +28,17 @@ import lora
 from .stats import mean_sd, paired, spearman_ci, with_holm
 
 TASKS = ("mrpc", "cola")
-ROUND1 = ("random", "svd", "svd_naive", "svd_seed", "lora_fa", "lora_fa_svd")
-NEW = ("svd_minor", "olora", "eva", "corda", "lora_ga", "lora_fa_grad", "lora_fa_eva")
+ROUND1 = lora.init_names(study="round1")         # logs/v2
+NEW = lora.init_names(study="families")          # logs/inits
 INITS = ROUND1 + NEW
-STEP0_CHANGED = ("svd_naive", "svd_seed")
+STEP0_CHANGED = lora.init_names(changes_model=True)
 BASELINE = "random"
 OUTCOMES = {"first": "dev metric at the first eval (epoch 0.25)",
             "loss_epoch1": "mean training loss over epoch 1",
             "final": "final dev metric"}
 
-# What subspace each init starts in (W = U S Vᵀ the pretrained weight, G = U_G S_G V_Gᵀ the mean gradient,
-# C the input covariance).  Fixed prose, one line each; the rest of the init table is computed.
-SUBSPACE = {
-    "random": "random row space (Kaiming A), B = 0",
-    "svd": "top-r singular triplets of W (PiSSA)",
-    "svd_naive": "top-r singular triplets of W, added on top of W",
-    "svd_seed": "A = (U_r S_r)ᵀ, B = first r columns of Vᵀ (seed project's code)",
-    "lora_fa": "random orthonormal row space, B = 0",
-    "lora_fa_svd": "row space of W's top-r right singular vectors, B = 0",
-    "svd_minor": "bottom-r singular triplets of W (MiLoRA)",
-    "olora": "first r columns' QR basis of W (OLoRA)",
-    "eva": "top-r principal directions of the layer inputs, B = 0 (EVA)",
-    "corda": "top-r triplets of W·C, mapped back by C⁻¹ (CorDA-IPM)",
-    "lora_ga": "A = V_G,1..r, B = U_G,r+1..2r S_G (LoRA-GA)",
-    "lora_fa_grad": "row space of G's top-r right singular vectors, B = 0",
-    "lora_fa_eva": "top-r principal input directions, B = 0",
-}
+# What subspace each init starts in: one line of prose each, declared with the init (lora.registry).
+SUBSPACE = {n: lora.init_spec(n).subspace for n in lora.ALL_INITS}
 DATA = {"input": "inputs", "grad": "gradient"}
 
 
