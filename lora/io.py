@@ -70,8 +70,18 @@ def load_delta_factors(path: str | os.PathLike) -> dict[str, tuple[torch.Tensor,
     """ΔW factors per layer from a :func:`save_lora` file, with no model needed.
 
     Same convention as :meth:`LoRALinear.delta_factors`: s·BA, or s·[B, −B₀]·[A; A₀] for residual inits.
+    A file without our ``lora_config`` metadata (a PEFT ``adapter_model.safetensors``, whose scaling lives in
+    the ``adapter_config.json`` beside it) is a ValueError: :func:`lora.inspect.read_adapter` reads those.
     """
-    config, tensors = read_lora_config(path), load_file(str(path))
+    with safe_open(str(path), "pt") as f:
+        meta, keys = f.metadata() or {}, list(f.keys())
+    if "lora_config" not in meta:
+        what = ("a PEFT adapter file (its r and lora_alpha are in adapter_config.json beside it); read it with "
+                "lora.inspect.read_adapter(<its directory>)" if any(".lora_A." in k or k.endswith(".lora_embedding_A")
+                                                                    for k in keys)
+                else "not a file written by lora.save_lora, save_factors or save_delta_svd")
+        raise ValueError(f"{path}: no lora_config metadata: {what}")
+    config, tensors = json.loads(meta["lora_config"]), load_file(str(path))
     out = {}
     for name, c in config.items():
         if c.get("format") == "delta_svd":          # save_delta_svd: ΔW = U·diag(S)·Vᵀ

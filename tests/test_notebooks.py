@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ("train.ipynb", "spectra.ipynb", "compare.ipynb")
+NOTEBOOKS = ("train.ipynb", "spectra.ipynb", "compare.ipynb", "inspect.ipynb")
 GRID = "nbgrid"
 TINY = {"epochs": 1, "max_train_examples": 16}     # a few optimiser steps per run
 

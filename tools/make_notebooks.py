@@ -84,6 +84,28 @@ NOTEBOOKS = {
         "from harness.prose.findings import comparison_table\n\n"
         "comparison_table(log_dir)",
     ),
+    "inspect.ipynb": notebook(
+        "What a LoRA adapter does to its model",
+        "The report of `lora inspect` for one adapter (a PEFT adapter directory, a run log or a factor file): "
+        "the singular spectrum of ΔW = s·BA by layer, how much of it lies in W's top singular subspaces, its "
+        "amplification and the intruder dimensions of W + ΔW, in words, tables and figures. The same as "
+        "`lora inspect ADAPTER --base BASE --out OUT` on the command line.",
+        'adapter = "logs/v2/mrpc-random-r8-lr1e-3-s0-442a24ea.json"   # PEFT dir, run log or factor file\n'
+        'base = "bundled:all-MiniLM-L6-v2"   # the base model: a directory, a hub id in the local cache, or None\n'
+        'out = None                          # a directory for report.md, layers.csv, inspect.json and the figures',
+        "from IPython.display import Image, Markdown, display\n\n"
+        "from harness.models import resolve_model_path\n"
+        "from harness.paths import use_repo_root\n"
+        "from lora.inspect import inspect_adapter\n"
+        "from lora.inspect_report import figures, png_bytes, report_markdown, write_report\n\n"
+        "use_repo_root()   # relative paths are from the repository root\n"
+        "result = inspect_adapter(adapter, base=resolve_model_path(base) if base else None)\n"
+        "if out:\n"
+        "    write_report(result, out)\n"
+        "Markdown(report_markdown(result))",
+        "for name, fig in figures(result).items():\n"
+        "    display(Image(png_bytes(fig)))",
+    ),
 }
 
 if __name__ == "__main__":
