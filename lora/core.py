@@ -11,7 +11,7 @@ independent of r when alpha is fixed (Hu et al. 2021).
 
 The inits (``lora.ALL_INITS``) are declared once, in :mod:`lora.registry` (what each one is: frozen A,
 residual, data, rank limit), and each is a factor function with its math in :mod:`lora.inits`: random
-(LoRA), svd (PiSSA), svd_naive, svd_seed, lora_fa, lora_fa_svd, svd_minor (MiLoRA), olora, eva, corda,
+(LoRA), svd (PiSSA), svd_naive, svd_seed, lora_fa, lora_fa_svd, svd_minor (MiLoRA), olora, eva, corda (and corda_peft, PEFT's exact CorDA),
 lora_ga, lora_fa_grad, lora_fa_eva.  :class:`LoRALinear` builds any of them from its spec alone.
 
 Residual inits (``lora.RESIDUAL_INITS``) leave the frozen base at W − s·B₀A₀, so the model is unchanged at

@@ -1,6 +1,6 @@
 """The LoRA inits' factor functions, each one a choice of subspace with its math, plus the data they need.
 
-(Over 400 lines on purpose: thirteen inits, each a short function with its math, and the statistics they
+(Over 400 lines on purpose: fourteen inits, each a short function with its math, and the statistics they
 share; one file keeps the inits and their PEFT-equivalence notes side by side.  What each init *is* to the
 rest of the code (frozen A, residual, data, rank limit, ...) is declared once, in :mod:`lora.registry`.)
 
@@ -12,7 +12,7 @@ Every init is a function ``f(W, rank, scaling, ctx) -> (B₀, A₀)`` (out×r, r
 :class:`InitContext`: the layer's statistics, the random generator, the SVD settings);
 :class:`lora.core.LoRALinear` casts the factors to W's dtype.  Three kinds:
 
-* **residual** inits (``svd``, ``svd_minor``, ``olora``, ``corda``, ``lora_ga``) give B₀, A₀ ≠ 0 and the
+* **residual** inits (``svd``, ``svd_minor``, ``olora``, ``corda``, ``corda_peft``, ``lora_ga``) give B₀, A₀ ≠ 0 and the
   frozen base becomes W_res = W − s·B₀A₀, computed from the cast factors, so the model is unchanged at
   step 0 (up to rounding) and ΔW relative to the original W is s·BA − s·B₀A₀ (``LoRALinear.residual``).
 * **zero-B** inits (``random``, ``lora_fa``, ``lora_fa_svd``, ``eva``, ``lora_fa_grad``, ``lora_fa_eva``)
@@ -29,8 +29,12 @@ the loss with respect to W over a few batches.
 G that the adapter's first step can express.
 
 Where these follow PEFT 0.21 (``peft/tuners/lora/layer.py``: ``pissa_init``, ``olora_init``, ``corda_init``,
-``lora_ga_init``; ``peft/tuners/lora/eva.py``, ``corda.py``, ``loraga.py``) the docstrings say so and name
-every difference; ``tests/test_inits.py`` compares against PEFT on a tiny model.
+``lora_ga_init``; ``peft/tuners/lora/eva.py``, ``corda.py``, ``loraga.py``) the docstrings say exactly where
+they equal PEFT's and name every difference with its measured size.  The measurements
+(``tests/test_peft_equivalence.py``) use a tiny BERT (hidden 32, 2 layers, rank 4 unless said, alpha 8,
+adapters on query and value) built once by :func:`lora.add_lora` and once by ``peft.get_peft_model``; the
+*training gap* is ‖o₃ − p₃‖ / ‖p₃ − p₀‖ for the logits o (ours) and p (PEFT's) at step 0 and after 3 identical
+SGD steps (lr 0.2), i.e. how far apart the two runs are as a share of how far the steps moved them.
 """
 from __future__ import annotations
 
@@ -58,12 +62,16 @@ class LayerStats:
     input_mean  (in,)  μ = Σ_t x_t / n_tokens, or None
     grad        out×in mean over batches of ∂loss_b/∂W, or None
     n_batches, n_tokens   how much data went in (n_tokens: rows of the input statistics)
+    input_cov_maxnorm  in×in  PEFT CorDA's calibration covariance (1/K) Σ_k (X_k/|max X_k|)ᵀ(X_k/|max X_k|)
+                over the layer's K forward calls, X_k a call's (unpadded) tokens and max X_k its largest
+                entry, or None (read only by ``corda_peft``)
     """
     input_cov: torch.Tensor | None
     input_mean: torch.Tensor | None
     grad: torch.Tensor | None
     n_batches: int
     n_tokens: int
+    input_cov_maxnorm: torch.Tensor | None = None
 
     def input_directions(self, rank: int, center: bool = True) -> torch.Tensor:
         """Top-``rank`` principal input directions as orthonormal rows (rank×in), float64.
@@ -107,7 +115,8 @@ def collect_layer_stats(model: nn.Module, targets: str | Sequence[str], batches:
     result are the names ``add_lora(..., stats=...)`` looks up.  Each batch is a dict passed as
     ``model(**batch)``; with ``"grad"`` in ``needs`` the loss is ``loss_fn(model, batch)`` if given, else
     ``model(**batch).loss``, and G is the mean over batches of its gradient with respect to each target
-    weight (one forward serves both statistics).  ``max_batches`` stops early.
+    weight (one forward serves both statistics).  ``max_batches`` stops early.  With ``"input"`` it also
+    keeps PEFT CorDA's per-call max-normalised covariance (``LayerStats.input_cov_maxnorm``).
 
     The model runs in eval mode (no dropout) and is left as found: every module's train/eval flag, every
     parameter's ``requires_grad`` and ``.grad`` (gradients are taken with ``torch.autograd.grad``, never
@@ -121,7 +130,7 @@ def collect_layer_stats(model: nn.Module, targets: str | Sequence[str], batches:
     if not layers:
         raise no_match_error(model, targets)
     want_in, want_grad = "input" in needs, "grad" in needs
-    acc = {n: dict(xx=None, x=None, tok=0, g=None) for n in layers}
+    acc = {n: dict(xx=None, x=None, tok=0, g=None, xx_max=None, calls=0) for n in layers}
     current: dict = {}
 
     def hook(name):
@@ -131,10 +140,15 @@ def collect_layer_stats(model: nn.Module, targets: str | Sequence[str], batches:
             if mask is not None and tuple(mask.shape) == tuple(x.shape[:-1]):
                 x = x[mask.to(x.device).bool()]
             x = x.reshape(-1, x.shape[-1]).to(_F64)
-            a = acc[name]
-            a["xx"] = x.mT @ x if a["xx"] is None else a["xx"] + x.mT @ x
+            a, xx = acc[name], x.mT @ x
+            a["xx"] = xx if a["xx"] is None else a["xx"] + xx
             a["x"] = x.sum(0) if a["x"] is None else a["x"] + x.sum(0)
             a["tok"] += x.shape[0]
+            if x.shape[0]:          # PEFT's CorDA hook: each call's tokens divided by |their largest entry|
+                peak = x.max().abs()
+                xx_max = xx / peak ** 2 if peak > 0 else torch.zeros_like(xx)
+                a["xx_max"] = xx_max if a["xx_max"] is None else a["xx_max"] + xx_max
+                a["calls"] += 1
         return fn
 
     modes = {m: m.training for m in model.modules()}
@@ -189,7 +203,8 @@ def collect_layer_stats(model: nn.Module, targets: str | Sequence[str], batches:
         out[n] = LayerStats(input_cov=a["xx"] / tok if want_in else None,
                             input_mean=a["x"] / tok if want_in else None,
                             grad=a["g"] / n_batches if want_grad else None,
-                            n_batches=n_batches, n_tokens=tok)
+                            n_batches=n_batches, n_tokens=tok,
+                            input_cov_maxnorm=a["xx_max"] / a["calls"] if want_in else None)
     return out
 
 
@@ -242,7 +257,12 @@ def truncated_svd(W: torch.Tensor, rank: int, method: str = "full", niter: int =
 def random_init(W: torch.Tensor, rank: int, scaling: float, ctx: InitContext):
     """LoRA's default (Hu et al. 2021; loralib, PEFT's ``init_lora_weights=True``): A₀ ~ Kaiming-uniform(a=√5)
     (r×in, i.e. U(−1/√in, 1/√in)), B₀ = 0 (out×r).  ΔW = 0 at step 0, W untouched.  A trains.
-    Draws from ``ctx.generator`` (torch's global RNG when None); factors in W's dtype."""
+    Draws from ``ctx.generator`` (torch's global RNG when None); factors in W's dtype.
+
+    PEFT's ``init_lora_weights=True`` draws the same distribution from the global RNG after ``nn.Linear``'s
+    own init of A and B, so the draws differ; given the same A₀ the two adapters train identically (training
+    gap 0: the same float32 operations).
+    """
     A = torch.zeros(rank, W.shape[1], dtype=W.dtype, device=W.device)
     nn.init.kaiming_uniform_(A, a=math.sqrt(5), generator=ctx.generator)
     return torch.zeros(W.shape[0], rank, dtype=W.dtype, device=W.device), A
@@ -253,6 +273,14 @@ def lora_fa_init(W: torch.Tensor, rank: int, scaling: float, ctx: InitContext):
 
     A₀ = Qᵀ (r×in) from the thin QR of a float64 Gaussian G (in×r) drawn from ``ctx.generator``: a uniformly
     random r-dimensional row space.  ΔW = s·B·A₀ always has its row space in span(A₀ᵀ); W untouched.
+
+    This is LoRA-FA's parameterisation (frozen A, B = 0), not PEFT's LoRA-FA: PEFT 0.21 has it as an optimizer
+    (``peft.optimizers.create_lorafa_optimizer``) that keeps PEFT's Kaiming A₀, freezes it, and inside an
+    AdamW multiplies B's gradient by (A₀A₀ᵀ + 10⁻⁸I)⁻¹/s².  A PEFT LoRA layer given this A₀ and a frozen A
+    trains identically (training gap 0).  With orthonormal rows A₀A₀ᵀ = I, so PEFT's factor is the scalar
+    1/(s²(1 + 10⁻⁸)), which Adam's normalisation cancels except through eps and PEFT's bf16 autocast of that
+    product: torch AdamW on this init against ``create_lorafa_optimizer`` with the same A₀ (lr 0.01, 3 steps)
+    gives a training gap of 7e-3 (eps s²·10⁻⁶ vs PEFT's 10⁻⁶), 2e-4 with eps = 0 on both.
     """
     G = torch.randn(W.shape[1], rank, generator=ctx.generator, dtype=_F64).to(W.device)
     return torch.zeros(W.shape[0], rank, dtype=_F64, device=W.device), torch.linalg.qr(G).Q.mT
@@ -265,6 +293,11 @@ def svd_init(W: torch.Tensor, rank: int, scaling: float, ctx: InitContext):
     B₀ = U_r·sqrt(S_r/s) (out×r), A₀ = sqrt(S_r/s)·V_rᵀ (r×in), so s·B₀A₀ = U_r S_r V_rᵀ.  The frozen base
     becomes W_res = W − s·B₀A₀ (from the actual product): the model is unchanged at step 0,
     ‖W − W_res‖_F = ‖S_r‖ (Eckart–Young) and W_res's singular values are W's tail.  Factors in W's dtype.
+
+    With ``svd_method="full"`` this is PEFT's ``init_lora_weights="pissa"`` (PEFT: float32 SVD, LAPACK's
+    signs; a joint sign flip of (u_i, v_i) changes neither B₀A₀ nor training): s·B₀A₀ agrees to 7e-6
+    relative and the training gap is 6e-6.  ``"randomized"`` is not PEFT's ``pissa_niter_k`` (PEFT:
+    ``svd_lowrank(W, r, niter=k)``, q = r, the global RNG; ours oversamples to q = r + 10, seeded).
     """
     U, S, V = truncated_svd(W, rank, ctx.svd_method, ctx.niter, ctx.seed)
     root = torch.sqrt(S / scaling)
@@ -336,7 +369,8 @@ def olora_init(W: torch.Tensor, rank: int, scaling: float, ctx: InitContext):
     W onto the span of its first r columns' Gram–Schmidt basis.  The scaling is *not* folded into the
     factors (PEFT does not divide by s): the base becomes W − s·Q_r R_r, so for s ≠ 1 it is not the
     "rest" (I − Q_r Q_rᵀ)W, but the model is still unchanged at step 0.  Signs are LAPACK's Householder
-    convention (torch.linalg.qr), the same as PEFT's.
+    convention (torch.linalg.qr), the same as PEFT's: factors agree to 2e-7 relative, training gap 6e-6
+    (float64 QR here, float32 in PEFT).
     """
     Q, R = torch.linalg.qr(W.detach().to(_F64))
     return Q[:, :rank].clone(), R[:rank].clone()
@@ -360,12 +394,17 @@ def eva_init(W: torch.Tensor, rank: int, scaling: float, ctx: InitContext, cente
     centres; ``center=False`` uses C, the uncentred second moment, instead).  B₀ = 0 (out×r): ΔW = 0, W is
     not touched, the model is unchanged at step 0.  A trains.
 
-    Differences from PEFT 0.21's ``initialize_lora_eva_weights``: (1) no rank redistribution across
-    layers (every layer keeps rank r, PEFT's ``rho=1``; the ``adjust_scaling_factors`` step therefore never
-    applies); (2) the PCA is exact over exactly the batches given (from C and μ in float64), where PEFT
-    runs an incremental, randomized (svd_lowrank) PCA until the components' cosine similarity between
-    steps exceeds ``tau``, cycling the data; on one batch with q = 2r ≥ in both are the same PCA;
-    (3) no whitening (PEFT's default too).  Signs: largest-|·| entry of each row positive, as PEFT's.
+    Relation to PEFT 0.21's ``initialize_lora_eva_weights``: (1) no rank redistribution across layers
+    (every layer keeps rank r: PEFT's ``rho=1``, so ``adjust_scaling_factors`` never applies); (2) no
+    whitening (PEFT's default too); signs as PEFT's (largest-|·| entry of each row positive); (3) the PCA
+    here is exact, of the union of the batches given (from C and μ in float64).  PEFT's is incremental
+    (``IncrementalPCA.partial_fit`` per batch, keeping only the top r components between batches) and
+    randomized (``svd_lowrank`` with q = 2r, 4 power iterations), cycling the batches until consecutive
+    components agree to cosine ``tau``.  Both are the same PCA for one batch with q = 2r ≥ in (the range
+    finder then spans every input direction, and re-feeding the same batch keeps its top r): A₀ equal to
+    2e-6, training gap 1e-6 (r = 16, in = 32).  Otherwise PEFT's is an approximation of it: one batch with
+    q < in (r = 4): largest principal angle between the two row spaces sin θ = 0.015, training gap 0.005;
+    three batches: sin θ = 0.93 (r = 16) and 0.76 (r = 4), training gap 0.14 and 0.42.
     """
     _need(ctx.stats, "input_cov", "eva")
     A = ctx.stats.input_directions(rank, center=center)
@@ -396,7 +435,8 @@ def corda_damped_covariance(C: torch.Tensor, damp: float = 0.01, tol: float = 0.
 
 
 def corda_init(W: torch.Tensor, rank: int, scaling: float, ctx: InitContext):
-    """CorDA, instruction-previewed mode (IPM; Yang et al. 2024), as PEFT 0.21 builds it, with the residual.
+    """CorDA, instruction-previewed mode (IPM; Yang et al. 2024): PEFT 0.21's construction on our input
+    covariance, with the residual (:func:`corda_peft_init` is PEFT's exactly).
 
     C' = damped input covariance (:func:`corda_damped_covariance`, in×in); W C' = U S V̂ᵀ (thin SVD);
     Vᵀ := V̂ᵀ C'⁻¹ (k×in, *not* orthonormal) so that W = U S Vᵀ exactly.  Take the top r (IPM):
@@ -404,12 +444,46 @@ def corda_init(W: torch.Tensor, rank: int, scaling: float, ctx: InitContext):
     approximation of W in the ‖(·) C'‖_F sense (the directions that matter most for the observed inputs).
     It is subtracted from W: the model is unchanged at step 0.
 
-    C is our uncentred second moment XᵀX/n_tokens.  PEFT's ``preprocess_corda`` instead sums, per forward
-    call, (X/max X)ᵀ(X/max X) and divides by the number of calls, without masking padding.  s·B₀A₀ and the
-    residual do not depend on C's overall scale (C → cC gives S → cS, Vᵀ → Vᵀ/c), but the factors do:
-    for C = c·C_peft, B₀ = √c·B_peft and A₀ = A_peft/√c.  On one forward call the two C are proportional.
+    C here is the uncentred second moment XᵀX/n_tokens over every unpadded token of every batch.  PEFT's
+    ``preprocess_corda`` uses C_peft = (1/K) Σ_k (X_k/|max X_k|)ᵀ(X_k/|max X_k|) over the layer's K forward
+    calls, each call's tokens divided by their own largest entry (and padding not masked).  C → c·C leaves
+    s·B₀A₀ and the residual unchanged (S → cS, Vᵀ → Vᵀ/c; the damping scales along) but not the factors:
+    B₀ → √c·B₀, A₀ → A₀/√c.  Hence:
+
+    * one forward call without padding: C = c·C_peft with c = (max X)²/n_tokens, so s·B₀A₀, the residual
+      and the step-0 model are PEFT's (to 1.4e-4 relative, PEFT's float32 inverse of the damped covariance),
+      while B₀ = √c·B_peft and A₀ = A_peft/√c (c = 0.73 and 0.80 on the tiny BERT's two layers).  The
+      factors' scale sets the training dynamics (∂L/∂B ∝ A, ∂L/∂A ∝ B), so the training gap is 0.51: the
+      runs part by about as much as the steps move them;
+    * several calls: the calls are weighted differently, C is not proportional to C_peft and s·B₀A₀ itself
+      differs from PEFT's (0.73 relative with 4 calls of 10 tokens, 0.17 with 16; training gap 0.59, 0.95).
+
+    The committed init-study runs (logs/inits, logs/inits_sweep) use this construction, so it is kept as
+    it is under this name.
     """
     C = _need(ctx.stats, "input_cov", "corda")
+    return _corda_factors(W, C, rank, scaling)
+
+
+def corda_peft_init(W: torch.Tensor, rank: int, scaling: float, ctx: InitContext):
+    """CorDA-IPM exactly as PEFT 0.21 (``preprocess_corda`` + ``corda_init``): :func:`corda_init`'s
+    construction on PEFT's calibration covariance C_peft = (1/K) Σ_k (X_k/|max X_k|)ᵀ(X_k/|max X_k|), the
+    mean over the layer's K forward calls of each call's tokens divided by their largest entry
+    (``LayerStats.input_cov_maxnorm``), so factors, s·B₀A₀ and training match PEFT's, not only the product.
+
+    Left from PEFT: padding tokens are excluded (PEFT's hook takes every token of a call, and needs batch
+    size 1 or 2-D inputs), and the SVD is float64 with canonical signs (PEFT: float32, LAPACK's signs; a
+    joint sign flip of (u_i, v_i) changes neither B₀A₀ nor the training trajectory).  Measured: s·B₀A₀ to
+    1.4e-4 / 4e-5 / 3e-5 relative and training gap 5e-4 / 2e-5 / 2e-6 for 1 / 4 / 16 calls of 10 tokens
+    (PEFT's float32 inverse of the damped covariance, worst when one call gives a rank-10 covariance in
+    32 dimensions).
+    """
+    C = _need(ctx.stats, "input_cov_maxnorm", "corda_peft")
+    return _corda_factors(W, C, rank, scaling)
+
+
+def _corda_factors(W: torch.Tensor, C: torch.Tensor, rank: int, scaling: float):
+    """CorDA-IPM's split of W by the input covariance C (see :func:`corda_init`): (B₀, A₀), float64."""
     Cd, inv = corda_damped_covariance(C.to(W.device))
     U, S, Vh = _svd(W.detach().to(_F64) @ Cd)
     Vh = Vh @ inv
@@ -432,12 +506,18 @@ def lora_ga_init(W: torch.Tensor, rank: int, scaling: float, ctx: InitContext,
     The base becomes W − s·B₀A₀: the model is unchanged at step 0.  Rationale: the first step's reachable
     updates {X A₀ + B₀ Y} contain the top-2r part of G (see :func:`gradient_capture`).
 
-    Differences from PEFT: PEFT takes a randomized ``torch.svd_lowrank(G, q=min(4r, min(out, in)),
-    niter=4)`` (global RNG), we an exact float64 SVD; PEFT estimates G in train mode, we in eval mode (same
-    without dropout).  Because A₀ and B₀ come from *different* singular triplets, the sign of s·B₀A₀
-    depends on the SVD routine's sign choice; ours is fixed (largest-|·| entry of each v_i positive, u_i
-    flipped with it).  PEFT's ``"random"`` direction and ``"weight_svd"``/``"gd_scale"`` scales are not
-    implemented.
+    Relation to PEFT: the same mean gradient (PEFT estimates it in train mode, we in eval mode: the same
+    without dropout) and the same construction, up to each singular vector's sign.  PEFT takes a randomized
+    ``torch.svd_lowrank(G, q=min(4r, min(out, in)), niter=4)`` from the global RNG, whose signs are arbitrary;
+    ours is an exact float64 SVD with fixed signs (largest-|·| entry of each v_i positive, u_i flipped with
+    it).  After a ±1 per row of A₀ and per column of B₀ the factors are PEFT's (to 2e-6 on the tiny BERT's
+    gradients, rank 4 and 8: the randomized SVD is accurate there).  But A₀'s row i (v_i) and B₀'s column i
+    (u_{r+i}) come from *different* triplets, so these signs are not a joint flip: the sign of each term of
+    s·B₀A₀ = Σ_i s·S_{r+i}ζ u_{r+i} v_iᵀ is a coin toss of the SVD routine (8 of 16 and 21 of 32 terms
+    differed from PEFT's in one run), s·B₀A₀ differs by 1.8–1.9 relative, and so does the residual base.  The
+    step-0 model is the same (residual); the training gap is 0.009–0.013, and 1e-6 once our signs are set
+    to PEFT's.
+    PEFT's ``"random"`` direction and ``"weight_svd"``/``"gd_scale"`` scales are not implemented.
     """
     G = _need(ctx.stats, "grad", "lora_ga")
     if direction not in LORA_GA_DIRECTIONS:

@@ -193,6 +193,8 @@ BUILT_IN = (
              subspace="row space of G's top-r right singular vectors, B = 0"),
     InitSpec("lora_fa_eva", inits.lora_fa_eva_init, freeze_A=True, needs={"input"}, study="families",
              subspace="top-r principal input directions, B = 0"),
+    InitSpec("corda_peft", inits.corda_peft_init, residual=True, needs={"input"},
+             subspace="corda with PEFT's per-call max-normalised covariance: PEFT's CorDA-IPM factors"),
 )
 for _spec in BUILT_IN:
     register_init(_spec)

@@ -141,7 +141,8 @@ def test_built_in_spec_says_what_the_adapter_does(init):
 def test_built_in_order_is_the_studys():
     """harness.config.METHODS (hence plot colours and method order) is ("full", *ALL_INITS)."""
     assert lora.ALL_INITS == ("random", "svd", "svd_naive", "lora_fa", "lora_fa_svd", "svd_seed", "svd_minor",
-                              "olora", "eva", "corda", "lora_ga", "lora_fa_grad", "lora_fa_eva")
+                              "olora", "eva", "corda", "lora_ga", "lora_fa_grad", "lora_fa_eva", "corda_peft")
     assert lora.init_names(study="round1") == lora.ALL_INITS[:6]
-    assert lora.init_names(study="families") == lora.ALL_INITS[6:]
+    assert lora.init_names(study="families") == lora.ALL_INITS[6:13]
+    assert lora.init_names(study=None) == ("corda_peft",)
     assert lora.init_names(changes_model=True) == ("svd_naive", "svd_seed")
