@@ -19,6 +19,7 @@ from .tasks import Task, UserError
 
 HUB_ID = "nyu-mll/glue"
 SPLITS = ("train", "dev")
+MAX_LINE_BYTES = 1 << 16    # a row of the GLUE files is under 2 KB
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def sha256_of(path: Path) -> str:
 def read_glue_tsv(path: Path, task: Task) -> list[Example]:
     """Parse one classic GLUE TSV file; a malformed row raises UserError naming file and line."""
     try:
-        raw = Path(path).read_bytes()
+        raw = _read_rows(Path(path))
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
     raw = raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw     # MRPC's UTF-8 BOM
@@ -81,6 +82,30 @@ def read_glue_tsv(path: Path, task: Task) -> list[Example]:
     if not examples:
         raise UserError(f"{path}: no examples")
     return examples
+
+
+def _read_rows(path: Path) -> bytes:
+    """The file's bytes, read a line at a time so that a line longer than :data:`MAX_LINE_BYTES` is refused,
+    naming it, before it is held in memory."""
+    lines = []
+    with open(path, "rb") as f:
+        while line := f.readline(MAX_LINE_BYTES + 2):
+            if len(line.rstrip(b"\r\n")) > MAX_LINE_BYTES:
+                raise UserError(f"{path} line {len(lines) + 1}: longer than {MAX_LINE_BYTES:,} bytes; a GLUE row "
+                                f"is a few sentences")
+            lines.append(line)
+    return b"".join(lines)
+
+
+def check_local(task_names, data_dir: str | os.PathLike | None = None) -> None:
+    """Read the local files of every task in ``task_names`` (a bi-encoder task: its pair task's) once, so that a
+    command refuses a missing or malformed file before it starts work.  Nothing to check for the hub."""
+    from .tasks import TASKS, get_task
+    data_dir = data_dir or os.environ.get("GLUE_DIR")
+    if not data_dir:
+        return
+    for name in dict.fromkeys(getattr(t, "pair_task", t.name) for t in map(get_task, task_names)):
+        load_local(TASKS[name], data_dir)
 
 
 def load_local(task: Task, data_dir: str | os.PathLike) -> tuple[dict[str, list[Example]], dict]:

@@ -16,41 +16,29 @@ Spec (``configs/*.yaml``)::
 Each run executes ``notebooks/train.ipynb`` into ``<out_dir>/<run_id>.ipynb``; the notebook writes
 ``<run_id>.json`` (atomically, last).  A run whose log exists with the same config hash is skipped,
 so a killed grid resumes where it stopped.  A run that fails gets a log with status "failed" and
-its reason, and the grid goes on.
+its reason, and the grid goes on.  SIGINT or SIGTERM stops the grid: the runs in flight get an
+"interrupted" log (rerun by a plain ``grid`` call) and the grid raises :class:`Interrupted`.
 """
 from __future__ import annotations
 
 import itertools
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
-import yaml
 from tqdm import tqdm
 
 from .config import config_hash, make_config, run_id
-from .logs import read_log, write_json_atomic
+from .logs import CorruptLogs, read_log, write_json_atomic
 from .paths import resolve
 from .lock import GridLock
 from .tasks import UserError
-from .validate import EXECUTORS, SPEC_KEYS, validate_spec
+from .validate import EXECUTORS, SPEC_KEYS, load_spec  # noqa: F401  (load_spec: harness.grid's API too)
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_NOTEBOOK = ROOT / "notebooks" / "train.ipynb"
-
-
-def load_spec(path: str | os.PathLike) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"grid spec {str(p)!r} not found; specs live in configs/ (e.g. configs/quick.yaml)")
-    try:
-        spec = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-    spec = validate_spec(spec, p)      # a mapping of known keys, each of the right type (harness/validate.py)
-    spec.setdefault("name", p.stem)
-    return spec
 
 
 def expand(spec: dict, out: Path | None = None) -> list[dict]:
@@ -147,8 +135,12 @@ def notebook_parameters(cfg: dict) -> dict:
 
 
 def run_status(cfg: dict, out: Path) -> str:
-    """'done', 'failed' or 'todo' for one config in ``out`` (an interrupted run is 'todo' again)."""
-    log = read_log(out / f"{run_id(cfg)}.json")
+    """'done', 'failed', 'todo' or 'corrupt' for one config in ``out`` (an interrupted run is 'todo' again;
+    'corrupt': its log exists but is not a well-formed run log, :func:`harness.logs.read_log`)."""
+    try:
+        log = read_log(out / f"{run_id(cfg)}.json")
+    except CorruptLogs:
+        return "corrupt"
     if log is None or log["config_hash"] != config_hash(cfg) or log["status"] == "interrupted":
         return "todo"
     return "done" if log["status"] == "ok" else "failed"
@@ -166,22 +158,42 @@ def grid_out_dir(spec: dict, out_dir: str | None = None) -> Path:
     return resolve(out_dir or spec.get("out_dir") or f"logs/{spec['name']}")
 
 
-class Interrupted(Exception):
-    """SIGINT/SIGTERM reached the grid or a worker."""
+def check_kernel(kernel: str) -> None:
+    """``kernel`` names an installed Jupyter kernel (the notebook executor starts one per run)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    names = sorted(KernelSpecManager().find_kernel_specs())
+    if kernel not in names:
+        raise UserError(f"unknown kernel {kernel[:80]!r}; valid here: {', '.join(names) or '(none installed)'}")
 
 
-_IN_RUN = False     # set while a worker executes a config
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM reached the grid or a worker.  A BaseException, like KeyboardInterrupt, so that no
+    ``except Exception`` on its way (a run's failure handler, papermill's) takes it for a failed run.
+    ``message``: what the grid left, for the command line."""
+
+    def __init__(self, signum: int = signal.SIGINT, message: str = ""):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.message = int(signum), message
 
 
-def _raise_interrupt(signum, frame):
-    raise Interrupted(signal.Signals(signum).name)
+_IN_RUN = False             # set while a config executes in this process
+_SIGNALS: list[int] = []    # the stop signals this process received while a grid (or a worker's run) ran
+
+
+def _stop_signal(signum, frame):
+    """SIGINT/SIGTERM while a grid runs: the first raises :class:`Interrupted` where the grid is; later ones
+    are only noted, so that nothing cuts short the stop itself (logging the runs in flight, ending kernels
+    and workers)."""
+    _SIGNALS.append(signum)
+    if len(_SIGNALS) == 1:
+        raise Interrupted(signum)
 
 
 def _worker_signal(signum, frame):
     """In a worker: interrupt the run in flight (it records itself as interrupted); an idle worker just exits."""
-    if _IN_RUN:
-        raise Interrupted(signal.Signals(signum).name)
-    os._exit(128 + signum)
+    if not _IN_RUN:
+        os._exit(128 + signum)
+    _stop_signal(signum, frame)
 
 
 def _execute(cfg: dict, out: str, data_dir: str | None, device: str | None, executor: str, kernel: str,
@@ -190,55 +202,114 @@ def _execute(cfg: dict, out: str, data_dir: str | None, device: str | None, exec
     log: the run writes its log atomically, last; a failure gets a 'failed' log with its reason, an
     interrupt an 'interrupted' one (rerun by a plain ``grid`` call)."""
     global _IN_RUN
+    if _SIGNALS:        # a worker told to stop skips the configs queued for it (they stay todo)
+        return "interrupted"
     out = Path(out)
     rid, t0 = run_id(cfg), time.time()
     _IN_RUN = True
-    if threads:
-        import torch
-        torch.set_num_threads(threads)
     try:
+        if threads:
+            import torch
+            torch.set_num_threads(threads)
         if executor == "process":
             from .train import run
             try:
                 run(cfg, out, data_dir, device=device, progress=False, **options)
-            except (KeyboardInterrupt, Interrupted):
-                raise
             except Exception as e:  # the run failed; record why and go on
                 write_json_atomic(out / f"{rid}.json", failure_log(cfg, f"{type(e).__name__}: {_last_line(e)}",
                                                                    time.time() - t0))
         else:
             _execute_notebook(cfg, out, data_dir, device, kernel, options, t0)
     except (KeyboardInterrupt, Interrupted) as e:
-        log = read_log(out / f"{rid}.json")
-        if log is None or log["config_hash"] != config_hash(cfg):
+        if _own_log(cfg, out) is None:       # a run that wrote its log just before the signal keeps it
             write_json_atomic(out / f"{rid}.json", failure_log(cfg, f"interrupted ({e or 'SIGINT'})",
                                                                time.time() - t0, "interrupted"))
         return "interrupted"
     finally:
         _IN_RUN = False
-    log = read_log(out / f"{rid}.json")
+    log = _own_log(cfg, out)
     return "done" if log and log["status"] == "ok" else "failed"
 
 
+def _own_log(cfg: dict, out: Path) -> dict | None:
+    """The log of ``cfg`` in ``out`` if it is there, well formed and of this config."""
+    try:
+        log = read_log(out / f"{run_id(cfg)}.json")
+    except CorruptLogs:
+        return None
+    return log if log is not None and log["config_hash"] == config_hash(cfg) else None
+
+
 def _execute_notebook(cfg, out: Path, data_dir, device, kernel, options, t0) -> None:
+    """papermill executes notebooks/train.ipynb for ``cfg`` into ``<run_id>.ipynb``, in a thread: the calling
+    thread keeps its signal handlers (nbclient replaces them in the main thread) and, on an interrupt, kills
+    the run's kernel, waits for papermill to give up, and re-raises."""
     import papermill as pm
+    from jupyter_client.manager import AsyncKernelManager
     rid = run_id(cfg)
     nb_tmp, nb = out / f".{rid}.tmp.ipynb", out / f"{rid}.ipynb"
     params = {**notebook_parameters(cfg), "data_dir": data_dir, "out_dir": str(out), "device": device,
               "run_options": options}
+    kernels, outcome, finished = [], {}, threading.Event()
+
+    class RecordedKernel(AsyncKernelManager):     # the run's kernel, for _kill_kernels
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            kernels.append(self)
+
+    def execute():
+        try:
+            pm.execute_notebook(str(TRAIN_NOTEBOOK), str(nb_tmp), parameters=params, kernel_name=kernel,
+                                cwd=str(ROOT), progress_bar=False, log_output=False,
+                                kernel_manager_class=RecordedKernel)
+        except BaseException as e:      # handed to the calling thread
+            outcome["error"] = e
+        finally:
+            finished.set()
+
+    # Waited for with an Event, not Thread.join: a signal that interrupts join() can leave the thread marked
+    # as stopped while it runs (CPython before 3.13).
     try:
-        pm.execute_notebook(str(TRAIN_NOTEBOOK), str(nb_tmp), parameters=params, kernel_name=kernel,
-                            cwd=str(ROOT), progress_bar=False, log_output=False)
-    except Exception as e:  # the run failed (or its kernel was interrupted); record why and go on
-        if getattr(e, "ename", None) == "KeyboardInterrupt":
-            raise Interrupted("SIGINT in the kernel") from None
-        log = read_log(out / f"{rid}.json")
-        if log is None or log["config_hash"] != config_hash(cfg):
+        threading.Thread(target=execute, name=f"papermill {rid}", daemon=True).start()
+        while not finished.wait(0.5):
+            pass
+        e = outcome.get("error")
+        if e is None:
+            return
+        if getattr(e, "ename", None) == "KeyboardInterrupt":   # the kernel itself was interrupted
+            raise Interrupted(signal.SIGINT) from None
+        if _own_log(cfg, out) is None:     # the run failed (or its kernel died); record why and go on
             write_json_atomic(out / f"{rid}.json",
                               failure_log(cfg, f"{type(e).__name__}: {_last_line(e)}", time.time() - t0))
+    except (KeyboardInterrupt, Interrupted):
+        _quiet_papermill()
+        deadline = time.time() + 30
+        while not finished.is_set() and time.time() < deadline:     # a kernel may still be starting
+            _kill_kernels(kernels)
+            finished.wait(0.2)
+        raise
     finally:
-        if nb_tmp.exists():
+        if nb_tmp.exists() and finished.is_set():
             os.replace(nb_tmp, nb)
+
+
+def _kill_kernels(kernels) -> None:
+    """SIGKILL the process group of each started kernel (a kernel runs in a session of its own).  The run's log
+    is written last and atomically, so a killed kernel leaves either the whole log or none."""
+    for km in kernels:
+        pid = getattr(getattr(km, "provisioner", None), "pid", None)
+        if pid:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _quiet_papermill() -> None:
+    """papermill and nbclient log the kernel's death as errors; after an interrupt that is expected."""
+    import logging
+    for name in ("papermill", "traitlets", "nbclient"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _worker_init(threads: int | None):
@@ -246,6 +317,15 @@ def _worker_init(threads: int | None):
     signal.signal(signal.SIGINT, _worker_signal)     # Ctrl-C reaches the whole process group
     if threads:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+
+
+MAX_WORKERS = MAX_THREADS = 1024
+
+
+def _count(name: str, value, hi: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= hi:
+        raise UserError(f"invalid {name} {str(value)[:40]}; valid: an integer from 1 to {hi}")
+    return value
 
 
 def run_grid(spec: dict, data_dir: str | None = None, device: str | None = None, retry_failed: bool = False,
@@ -260,25 +340,36 @@ def run_grid(spec: dict, data_dir: str | None = None, device: str | None = None,
     worker: no kernel start-up, no executed notebook).  Both write the same log.  Spec keys ``workers``,
     ``executor``, ``save_factors``, ``compact_factors`` give the defaults.  A grid with ``extend_lr_edges``
     keeps expanding until no new config appears.
+
+    Before the output directory is made, everything is checked: the options, the kernel, and the logs already
+    there (a corrupt one: :class:`~harness.logs.CorruptLogs`).  A task's data is its runs' business: missing or
+    malformed files give those runs a failed log, and the grid goes on.  SIGINT/SIGTERM
+    log the runs in flight as interrupted and raise :class:`Interrupted` (its ``message`` says what is left).
     """
     out = grid_out_dir(spec, out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    workers = _count("workers", spec.get("workers", 1) if workers is None else workers, MAX_WORKERS)
+    executor = executor or spec.get("executor") or "notebook"
+    if executor not in EXECUTORS:
+        raise UserError(f"unknown executor {str(executor)[:80]!r}; valid: {', '.join(EXECUTORS)}")
+    if threads is not None:
+        _count("threads", threads, MAX_THREADS)
+    elif workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+    if executor == "notebook":
+        check_kernel(kernel)
     data_dir = data_dir or os.environ.get("GLUE_DIR")   # the notebook runs in ROOT: pass an absolute path
     if data_dir:
         data_dir = os.path.abspath(os.path.expanduser(data_dir))
-    workers = int(workers or spec.get("workers") or 1)
-    executor = executor or spec.get("executor") or "notebook"
-    if executor not in EXECUTORS:
-        raise UserError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
-    if workers < 1:
-        raise UserError(f"workers {workers!r} must be ≥ 1")
-    if threads is None:
-        threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
+    configs = expand(spec, out)
+    _refuse_corrupt(configs, out)
     options = {"save_factors": bool(spec.get("save_factors", True)),
                "compact_factors": bool(spec.get("compact_factors", False))}
     result: dict[str, str] = {}
-    old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    in_main = threading.current_thread() is threading.main_thread()
+    old = {s: signal.signal(s, _stop_signal) for s in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
+    _SIGNALS.clear()
     try:
+        out.mkdir(parents=True, exist_ok=True)
         with GridLock(out):
             for tmp in [*out.glob(".*.tmp"), *out.glob(".*.tmp.ipynb"), *out.glob("*.tmp")]:
                 _salvage_or_remove(tmp, out)        # debris of a killed run: never a log (globs overlap)
@@ -286,6 +377,7 @@ def run_grid(spec: dict, data_dir: str | None = None, device: str | None = None,
             while True:
                 configs = expand(spec, out)
                 status = {run_id(c): run_status(c, out) for c in configs}     # each log read once per pass
+                _refuse_corrupt(configs, out, status)
                 for rid, st in status.items():
                     result.setdefault(rid, st)
                 todo = [c for c in configs if status[run_id(c)] == "todo"
@@ -300,12 +392,30 @@ def run_grid(spec: dict, data_dir: str | None = None, device: str | None = None,
                     break
                 first = False
                 _run_todo(todo, out, data_dir, device, executor, kernel, options, workers, threads, progress, result)
-    except (KeyboardInterrupt, Interrupted):
-        left = sum(1 for c in expand(spec, out) if run_status(c, out) == "todo")
-        raise UserError(f"interrupted: {left} runs left in {out}; run the same grid command again to resume") from None
+    except (KeyboardInterrupt, Interrupted) as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        left = sum(1 for c in expand(spec, out) if run_status(c, out) in ("todo", "corrupt"))
+        raise Interrupted(signum, f"the runs in flight are logged as interrupted; {left} runs left in {out}; "
+                                  f"run the same grid command again to resume") from None
     finally:
-        signal.signal(signal.SIGTERM, old_term)
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        _SIGNALS.clear()
     return result
+
+
+def _refuse_corrupt(configs: list[dict], out: Path, status: dict | None = None) -> None:
+    """A CorruptLogs naming every config whose log in ``out`` is not a well-formed run log: the grid does not
+    overwrite a file it cannot read (move it away, or restore it, and run again)."""
+    problems = []
+    for c in configs:
+        if (status[run_id(c)] if status else run_status(c, out)) == "corrupt":
+            try:
+                read_log(out / f"{run_id(c)}.json")
+            except CorruptLogs as e:
+                problems += [f"{p}; move it away to rerun its config" for p in e.problems]
+    if problems:
+        raise CorruptLogs(problems)
 
 
 def _warn_slow_bf16(todo: list[dict], device: str | None) -> None:
@@ -326,13 +436,15 @@ def _run_todo(todo, out, data_dir, device, executor, kernel, options, workers, t
         todo = sorted(todo, key=lambda c: -c["epochs"])
     bar = tqdm(total=len(todo), desc=f"grid {out.name}", disable=not progress, dynamic_ncols=True)
     if workers == 1:
-        for cfg in todo:
-            result[run_id(cfg)] = _execute(cfg, str(out), data_dir, device, executor, kernel, options, threads)
-            tqdm.write(_summary(read_log(out / f"{run_id(cfg)}.json")))
-            bar.update(1)
-            if result[run_id(cfg)] == "interrupted":
-                raise Interrupted("SIGINT")
-        bar.close()
+        try:
+            for cfg in todo:
+                result[run_id(cfg)] = _execute(cfg, str(out), data_dir, device, executor, kernel, options, threads)
+                tqdm.write(_summary(_own_log(cfg, out)))
+                bar.update(1)
+                if result[run_id(cfg)] == "interrupted":
+                    raise Interrupted(_SIGNALS[0] if _SIGNALS else signal.SIGINT)
+        finally:
+            bar.close()         # ends the bar's line, so that what follows starts on its own
         return
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -351,8 +463,10 @@ def _run_todo(todo, out, data_dir, device, executor, kernel, options, workers, t
                 except BrokenProcessPool:
                     raise UserError(f"a grid worker died (killed?) while running {run_id(cfg)}; finished runs are "
                                     f"logged, run the same grid command again to resume") from None
-                tqdm.write(_summary(read_log(out / f"{run_id(cfg)}.json")))
+                tqdm.write(_summary(_own_log(cfg, out)))
                 bar.update(1)
+                if result[run_id(cfg)] == "interrupted":      # a signal to that worker alone stops the grid too
+                    raise Interrupted(signal.SIGTERM)
     finally:
         bar.close()
         if pending:                      # interrupted or a worker died: stop the runs in flight (their logs are
@@ -371,7 +485,11 @@ def _salvage_or_remove(tmp: Path, out: Path) -> None:
     name = tmp.name
     if name.startswith(".") and name.endswith(".tmp.ipynb") and tmp.exists():
         rid = name[1:-len(".tmp.ipynb")]
-        log, nb = read_log(out / f"{rid}.json"), out / f"{rid}.ipynb"
+        try:
+            log = read_log(out / f"{rid}.json")
+        except CorruptLogs:
+            log = None
+        nb = out / f"{rid}.ipynb"
         if log is not None and log["status"] == "ok" and not nb.exists():
             os.replace(tmp, nb)
             print(f"kept the executed notebook of {rid} (stopped before its rename)", flush=True)

@@ -30,7 +30,7 @@ Student
     :mod:`harness.data` (``--data-dir`` or ``$GLUE_DIR``); a fixed held-out set of
     ``n_heldout`` = 512 sentences (the same for every config), the rest for training;
     batches of 32, max length 64, order drawn from the seed (the same for every init).
-    Data-aware inits (``lora.DATA_INITS``: eva, corda, lora_ga, ... where lora has them) get
+    Data-aware inits (``lora.DATA_INITS``: eva, corda, lora_ga, ...) get
     their statistics from the first 8 of those batches: input second moments of the target
     layers and/or the mean gradient of this same MSE with respect to the pretrained W — for
     gradient inits a hint that points at ΔW*, which is part of what they are being tested on.
@@ -343,7 +343,7 @@ def init_stats(base, teacher, init: str, targets, train: "Batches", order: list,
     input second moments of the target layers and/or the mean gradient of the planted MSE loss
     (against the teacher) with respect to their pretrained weights, over ``order``'s batches.
     The statistics come back on the CPU, where ``base`` (and add_lora) live."""
-    needs = getattr(lora, "DATA_INITS", {}).get(init)
+    needs = lora.DATA_INITS.get(init)
     if not needs:
         return None
     import dataclasses
@@ -462,8 +462,8 @@ def validate(subspaces, inits, seeds, params) -> None:
 
 
 def valid_inits() -> tuple[str, ...]:
-    """Every init lora offers at run time: ``lora.ALL_INITS`` where it exists, else ``lora.INIT_METHODS``."""
-    return tuple(getattr(lora, "ALL_INITS", lora.INIT_METHODS))
+    """Every init lora offers at run time (``lora.ALL_INITS``, read from its registry)."""
+    return lora.ALL_INITS
 
 
 def default_inits() -> list[str]:
@@ -524,7 +524,10 @@ def run_planted(out_dir="logs/planted", subspaces=SUBSPACES, inits=None, seeds=(
     rng = random.Random(0)                   # the held-out split is the same for every config and seed
     shuffled = sentences[:]
     rng.shuffle(shuffled)
-    n_held = min(params["n_heldout"], len(shuffled) // 4)
+    n_held = params["n_heldout"]
+    if n_held > len(shuffled) // 4:     # held-out sentences are at most a quarter of the data
+        raise UserError(f"n_heldout {n_held} is more than a quarter of the {len(shuffled)} sentences; valid: 1 to "
+                        f"{len(shuffled) // 4}")
     base, tok = load_encoder(params["model"], sentences)      # stays on the CPU; copies go to ``dev``
     base.eval()
     for p in base.parameters():

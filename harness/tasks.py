@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 
 class UserError(Exception):
@@ -123,6 +121,8 @@ def get_task(name: str) -> Task | BiTask:
 
 def compute_metrics(task: Task, predictions, references) -> dict[str, float]:
     """The task's GLUE metrics (scikit-learn / scipy). ``predictions``: class ids or scores."""
+    from scipy.stats import pearsonr, spearmanr          # imported here: every command imports this module,
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef   # and they take a second to load
     p, y = np.asarray(predictions), np.asarray(references)
     out = {}
     for m in task.metrics:

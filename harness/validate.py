@@ -9,23 +9,37 @@ the table passes through unchanged.
 
 Numbers: a float field also takes a numeric string, because YAML 1.1 (PyYAML) reads ``1e-3``
 (no dot) as the string ``"1e-3"``; it comes back as a float.  Integer fields take integers only
-(``2.5`` and ``true`` are refused, not rounded).
+(``2.5`` and ``true`` are refused, not rounded).  Strings have a length limit (:data:`MAX_TEXT`).
+
+A grid spec file is read by :func:`load_spec` with limits that refuse it before any work: its size
+(:data:`MAX_SPEC_BYTES`), YAML without aliases or duplicate keys and with at most :data:`MAX_SPEC_NODES`
+nodes, and the number of configs it expands to (:data:`MAX_CONFIGS`, counted from its list lengths).
+This module does not import torch (lora is imported on first use of its choices), so those refusals
+take a fraction of a second.
 """
 from __future__ import annotations
 
 import math
 import numbers
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lora import DROPOUT_MASKS, SVD_METHODS
+import yaml
 
 from . import tasks as tasks_module
 from .tasks import TASKS, UserError, get_task
 
 MAX_RANK = 4096          # the model is unknown at config time; lora checks each layer's size at run time
 MAX_SEED = 2**32 - 1     # numpy's seed range (np.random.seed)
+MAX_TEXT = 1000          # characters in a string field (a model id, a path, a name)
+MAX_DESCRIPTION = 10_000
+MAX_NAMES = 100          # entries of a list-of-names field (targets, head)
+MAX_SPEC_BYTES = 64 * 1024      # the committed specs are under 2 KB
+MAX_SPEC_NODES = 10_000         # YAML nodes (scalars, lists, mappings) in a spec
+MAX_SPEC_DEPTH = 20             # lists and mappings nested in each other
+MAX_CONFIGS = 5_000             # configs a grid may expand to without --allow-large
 OWN_OPTIONS = ("task", "method", "preset", "seed")   # set by their own options / spec keys, never by --set
 
 
@@ -43,6 +57,15 @@ class Rule:
     null: bool = False
     empty: bool = False
     example: str = '["query", "value"]'
+    lora_choices: str = ""      # choices are this lora constant (read on first use: lora imports torch)
+    max_len: int = MAX_TEXT     # characters, for strings
+
+    @property
+    def options(self) -> tuple:
+        if self.lora_choices:
+            import lora
+            return tuple(getattr(lora, self.lora_choices))
+        return self.choices
 
     def describe(self) -> str:
         if self.kind == "int":
@@ -55,13 +78,14 @@ class Rule:
         elif self.kind == "bool":
             d = "true or false"
         elif self.kind == "choice":
-            d = ", ".join(map(str, self.choices))
+            d = ", ".join(map(str, self.options))
         elif self.kind == "names":
-            d = f"a {'' if self.empty else 'non-empty '}list of non-empty strings, e.g. {self.example}"
+            d = (f"a {'' if self.empty else 'non-empty '}list of at most {MAX_NAMES} non-empty strings of at most "
+                 f"{self.max_len} characters, e.g. {self.example}")
         elif self.kind == "text":
-            d = "a non-empty string"
+            d = f"a non-empty string of at most {self.max_len} characters"
         else:
-            d = "a string"
+            d = f"a string of at most {self.max_len} characters"
         return f"{d}, or null" if self.null else d
 
     def check(self, value) -> tuple[bool, Any]:
@@ -78,14 +102,15 @@ class Rule:
         if k == "bool":
             return isinstance(value, bool), value
         if k == "choice":
-            return (isinstance(value, str) and value in self.choices), value
+            return (isinstance(value, str) and value in self.options), value
         if k == "names":
-            ok = (isinstance(value, list) and (self.empty or len(value) > 0)
-                  and all(isinstance(v, str) and v.strip() for v in value))
+            ok = (isinstance(value, list) and (self.empty or len(value) > 0) and len(value) <= MAX_NAMES
+                  and all(isinstance(v, str) and v.strip() and len(v) <= self.max_len for v in value))
             return ok, value
+        ok = isinstance(value, str) and len(value) <= self.max_len
         if k == "text":
-            return isinstance(value, str) and bool(value.strip()), value
-        return isinstance(value, str), value
+            return ok and bool(value.strip()), value
+        return ok, value
 
     def _in_range(self, x: float) -> bool:
         if not math.isfinite(x):
@@ -120,6 +145,11 @@ def Choice(*choices, null=False):
     return Rule("choice", choices=tuple(choices), null=null)
 
 
+def LoraChoice(name: str):
+    """One of the names in lora's constant ``name`` (e.g. ``SVD_METHODS``)."""
+    return Rule("choice", lora_choices=name)
+
+
 BOOL, TEXT, STRING = Rule("bool"), Rule("text"), Rule("string")
 
 # Run config fields (harness.config.DEFAULTS and the fields being added).
@@ -140,14 +170,15 @@ CONFIG_RULES: dict[str, Rule] = {
     "evals_per_epoch": Int(1),
     "max_train_examples": Int(1, null=True),
     "group_by_length": BOOL,
-    "svd_method": Choice(*SVD_METHODS),
+    "svd_method": LoraChoice("SVD_METHODS"),
     "niter": Int(0),
     "precision": Choice("fp32", "bf16"),
     "val_fraction": Num(0, 0.5, open_lo=True, null=True),
     "capture_batches": Int(0),
     "init_batches": Int(1, null=True),   # None except for the data-aware inits (lora.DATA_INITS)
     "rslora": BOOL,
-    "dropout_mask": Choice(*DROPOUT_MASKS),
+    "dropout_mask": LoraChoice("DROPOUT_MASKS"),
+    "init_pull": Num(0),
 }
 # Fields that do not apply to full fine-tuning: for method "full" validation accepts None for them.  make_config
 # sets rank ... init_batches to None there; rslora and dropout_mask keep their legacy values (False, "torch") so
@@ -159,7 +190,7 @@ ADAPTER_ONLY = frozenset({"rank", "alpha", "dropout", "targets", "svd_method", "
 EXECUTORS = ("notebook", "process")     # how the grid runs a config (harness.grid.run_grid)
 SPEC_RULES: dict[str, Rule] = {
     "name": TEXT,
-    "description": STRING,
+    "description": Rule("string", max_len=MAX_DESCRIPTION),
     "preset": TEXT,                 # checked against the presets below
     "out_dir": TEXT,
     "workers": Int(1),
@@ -174,10 +205,23 @@ SPEC_KEYS = frozenset({*SPEC_RULES, *SPEC_LISTS, "overrides", "vary", "blocks"})
 GRID_WIDE = frozenset({"name", "out_dir", "workers", "executor", "blocks"})   # not inside a block
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxlong, _SHORT.maxother = 3, 80, 40, 80
+_SHORT.maxtuple = _SHORT.maxlist = _SHORT.maxarray = _SHORT.maxdict = _SHORT.maxset = _SHORT.maxfrozenset = 6
+
+
 def show(value, limit: int = 60) -> str:
-    """A value as it appears in a message: its repr, on one line, cut to ``limit`` characters."""
-    r = repr(value)
+    """A value as it appears in a message: its repr, on one line, cut to ``limit`` characters.  The repr
+    is built with reprlib's size limits, so a huge value (a long string, a nested list) costs no more
+    than a small one."""
+    r = " ".join(_SHORT.repr(value).splitlines())
     return r if len(r) <= limit else r[:limit - 3] + "..."
+
+
+def clip(text: str, limit: int = 200) -> str:
+    """A text (an exception's message, a path) on one line, cut to ``limit`` characters."""
+    text = " ".join(str(text).splitlines())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def bad_value(field: str, value, rule: Rule) -> UserError:
@@ -230,7 +274,7 @@ def _check_config_map(key: str, value, where: str, fields: tuple[str, ...], list
                         f"got {show(value)}")
     for field, v in value.items():
         if field in OWN_OPTIONS:
-            raise UserError(f"{where}{key} sets {field!r}, which has its own spec key; "
+            raise UserError(f"{where}{key} sets {show(field)}, which has its own spec key; "
                             f"use {'preset' if field == 'preset' else field + 's'}: instead")
         if field not in fields:
             raise UserError(f"{where}{key}: unknown config field {show(field)}; valid: {', '.join(fields)}")
@@ -252,7 +296,7 @@ def _check_list(key: str, value, where: str) -> None:
         short = isinstance(value, str) and value.isprintable() and len(value) < 40
         valid, example = f"{key[:-1]} names", f"[{value if short else item.choices[0]}]"
     if not isinstance(value, list) or not value:
-        got = f"the string {value!r}" if isinstance(value, str) else show(value)
+        got = f"the string {show(value)}" if isinstance(value, str) else show(value)
         raise UserError(f"{where}{key} must be a non-empty list of {valid}, e.g. {key}: {example}; got {got}")
     for x in value:
         if key == "tasks" and isinstance(x, str):
@@ -307,4 +351,112 @@ def validate_spec(spec, path: str | Path = "<spec>") -> dict:
             if not isinstance(block, dict):
                 raise UserError(f"{where}blocks[{i}] must be a mapping, e.g. {{seeds: [0]}}; got {show(block)}")
             _check_mapping(block, f"{where}blocks[{i}]: ", in_block=True)
+    return spec
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with the limits of a grid spec: no aliases (a few hundred bytes of nested
+    aliases expand to gigabytes), no duplicate keys (PyYAML keeps the last one silently), at most
+    :data:`MAX_SPEC_NODES` nodes nested at most :data:`MAX_SPEC_DEPTH` deep.  Each limit raises
+    :class:`_TooMuch` while the document is composed, before anything is built from it."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.nodes, self.depth = 0, 0
+
+    def compose_node(self, parent, index):
+        line = self.peek_event().start_mark.line + 1
+        if self.check_event(yaml.AliasEvent):
+            raise _TooMuch(f"line {line}: YAML aliases (*{self.peek_event().anchor}) are not allowed in a grid "
+                           f"spec; write the values out")
+        self.nodes += 1
+        if self.nodes > MAX_SPEC_NODES:
+            raise _TooMuch(f"line {line}: more than {MAX_SPEC_NODES:,} YAML values; a grid spec is a few lists")
+        self.depth += 1
+        try:
+            if self.depth > MAX_SPEC_DEPTH:
+                raise _TooMuch(f"line {line}: lists or mappings nested more than {MAX_SPEC_DEPTH} deep")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise _TooMuch(f"line {key_node.start_mark.line + 1}: duplicate key {show(key)} "
+                                   f"(each key once per mapping)")
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+class _TooMuch(Exception):
+    """A grid spec beyond a limit of :class:`_SpecLoader`."""
+
+
+def read_spec(path: str | Path):
+    """The parsed YAML of the grid spec file ``path``, or a UserError naming the file: missing, not a
+    regular file, unreadable, larger than :data:`MAX_SPEC_BYTES`, not UTF-8, not YAML, or beyond a limit
+    of :class:`_SpecLoader`."""
+    p = Path(path)
+    try:
+        p.stat()
+    except (OSError, ValueError):       # missing, a name too long, a NUL byte in a spec's lr_from
+        raise UserError(f"grid spec {clip(str(p))!r} not found; specs live in configs/ (e.g. configs/quick.yaml)") from None
+    if not p.is_file():
+        raise UserError(f"grid spec {clip(str(p))!r} is not a file; give a YAML file such as configs/quick.yaml")
+    try:
+        with open(p, "rb") as f:
+            raw = f.read(MAX_SPEC_BYTES + 1)
+    except OSError as e:
+        raise UserError(f"grid spec {clip(str(p))!r}: cannot read it ({e.strerror or type(e).__name__})") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise UserError(f"{p}: larger than {MAX_SPEC_BYTES // 1024} KiB; a grid spec is a few lists "
+                        f"(configs/quick.yaml is under 1 KiB)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{p}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                        f"expected a YAML grid spec") from None
+    try:
+        return yaml.load(text, Loader=_SpecLoader)
+    except _TooMuch as e:
+        raise UserError(f"{p} {e}") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{p}: not valid YAML ({clip(str(e).splitlines()[0])})") from None
+    except (ValueError, TypeError, OverflowError) as e:     # a scalar PyYAML cannot build, e.g. date 2024-13-45
+        raise UserError(f"{p}: not valid YAML ({clip(str(e))})") from None
+
+
+def count_configs(spec) -> int:
+    """How many configs ``spec`` expands to, duplicates included: for each block the product of the lengths of
+    tasks, methods, seeds and each vary list, summed.  Counted from the lengths, never by building them, and
+    before validation (a value that is not a list counts as one)."""
+    if not isinstance(spec, dict):
+        return 0
+    blocks = spec.get("blocks") if isinstance(spec.get("blocks"), list) and spec["blocks"] else [{}]
+    total = 0
+    for block in blocks:
+        s = {**spec, **block} if isinstance(block, dict) else spec
+        vary = s.get("vary") if isinstance(s.get("vary"), dict) else {}
+        n = 1
+        for v in [s.get("tasks"), s.get("methods"), s.get("seeds"), *vary.values()]:
+            n *= len(v) if isinstance(v, list) else 1
+        total += n
+    return total
+
+
+def load_spec(path: str | Path, max_configs: int | None = MAX_CONFIGS) -> dict:
+    """The grid spec at ``path``, read (:func:`read_spec`), counted (at most ``max_configs`` configs; None: no
+    limit) and validated (:func:`validate_spec`); ``name`` defaults to the file's stem."""
+    p = Path(path)
+    spec = read_spec(p)
+    n = count_configs(spec)
+    if max_configs is not None and n > max_configs:
+        raise UserError(f"{p}: expands to {n:,} configs, more than the limit of {max_configs:,}; pass --allow-large "
+                        f"to accept it, or split the grid")
+    spec = validate_spec(spec, p)       # a mapping of known keys, each of the right type
+    spec.setdefault("name", p.stem)
     return spec
