@@ -45,8 +45,15 @@ def main_grid() -> str:
     return os.environ.get("STUDY_GRID", "quick")
 
 
+def figures_dir(grid: str) -> Path:
+    """The figures of grid ``grid``: under ``STUDY_FIGURES`` when that has them, else the committed
+    ``figures/<grid>`` (as :func:`grid_logs` does for logs)."""
+    p = figures_root() / grid
+    return p if (p / "manifest.json").is_file() else ROOT / "figures" / grid
+
+
 def manifest(grid: str) -> dict:
-    path = figures_root() / grid / "manifest.json"
+    path = figures_dir(grid) / "manifest.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -67,10 +74,26 @@ def show_table(df, caption: str | None = None, floatfmt: int = 4, empty: str = "
     if df is None or len(df) == 0:
         display(Markdown(f"*({empty})*"))
         return
-    display(HTML(df.to_html(index=False, float_format=lambda v: f"{v:.{floatfmt}g}", na_rep="–",
-                            border=0, classes="table")))
+    display(HTML(table_html(df, floatfmt)))
     if caption:
         display(Markdown(f"**Table.** {caption}"))
+
+
+def table_html(df, floatfmt: int = 4) -> str:
+    """A DataFrame as the book's HTML table: no index, numbers to ``floatfmt`` significant digits, and a line
+    break opportunity (``<wbr>``) after every ``_``, before every ``[`` and every 16 characters of a token longer
+    than 24 (hashes, paths) in the cells, so that identifiers
+    like ``lora_fa_svd − random`` wrap instead of widening their column past the page (book/_static/custom.css
+    lets cells wrap; tests/test_book_render.py checks that no table overflows)."""
+    import re
+
+    html = df.to_html(index=False, float_format=lambda v: f"{v:.{floatfmt}g}", na_rep="–", border=0,
+                      classes="table")
+    def breakable(text: str) -> str:
+        text = re.sub(r"\S{25,}", lambda w: "<wbr>".join(w.group(0)[i:i + 16] for i in range(0, len(w.group(0)), 16)),
+                      text)                                         # hashes and paths: a break every 16 characters
+        return text.replace("_", "_<wbr>").replace(" [", " <wbr>[")
+    return re.sub(r">([^<]+)<", lambda m: ">" + breakable(m.group(1)) + "<", html)
 
 
 # ------------------------------------------------------------------ tables the pages show
@@ -211,6 +234,83 @@ def environment_table(logs_root):
     return pd.DataFrame(rows.values())
 
 
+def _hardware(env: dict) -> str:
+    """A log's machine in words, from its ``env``: "NVIDIA H200" or "CPU (AMD EPYC, 1 thread)"."""
+    if env.get("gpu"):
+        return env["gpu"]
+    t = env.get("threads")
+    return f"CPU ({env.get('cpu') or 'unknown'}{f', {t} thread' + ('s' if t != 1 else '') if t else ''})"
+
+
+def coverage(root=None) -> "pd.DataFrame":
+    """One row per logged grid under ``logs/`` (run grids and the planted experiment): runs, tasks, methods,
+    seeds per (task, method), hardware and torch version, all read from the logs' ``config`` and ``env``, so the
+    book never types a count, a seed number or a machine."""
+    import pandas as pd
+
+    from .logs import read_logs
+
+    root = Path(root) if root else logs_root()
+    rows = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        logs = ([lg for lg in read_logs(d) if lg.get("config") and lg.get("status", "ok") == "ok"]
+                if d.name != "planted" else _planted_logs(d))
+        if not logs:
+            continue
+        cfg = [lg["config"] for lg in logs]
+        method = lambda c: c.get("method") or c.get("init")                         # noqa: E731
+        cells: dict = {}
+        for c in cfg:
+            cells.setdefault((c.get("task") or c.get("subspace"), method(c)), set()).add(c.get("seed"))
+        n_seeds = sorted({len(v) for v in cells.values()})
+        hw = sorted({_hardware(lg.get("env") or {}) for lg in logs})
+        rows.append(dict(grid=d.name, runs=len(logs),
+                         tasks=", ".join(task_label(t) for t in order_tasks({c["task"] for c in cfg if c.get("task")}))
+                         or ", ".join(sorted({c.get("subspace") for c in cfg if c.get("subspace")})),
+                         methods=len({method(c) for c in cfg}),
+                         seeds=(f"{n_seeds[0]}" if len(n_seeds) == 1 else f"{n_seeds[0]}–{n_seeds[-1]}"),
+                         hardware=", ".join(hw), torch=", ".join(sorted({(lg.get("env") or {}).get("torch") or "?"
+                                                                      for lg in logs}))))
+    return pd.DataFrame(rows)
+
+
+def _planted_logs(d: Path) -> list[dict]:
+    out = []
+    for f in sorted(d.glob("*.json")):
+        try:
+            lg = json.loads(f.read_text())
+        except ValueError:
+            continue
+        if lg.get("status") == "ok":
+            out.append(lg)
+    return out
+
+
+def sources(*paths: str) -> None:
+    """Display links to the committed files a chapter is computed from (``logs/v2``, ``figures/v2/...csv``),
+    relative to the built page (``book/_build/html/<page>.html`` → the repository root is three levels up), so
+    they open in a checkout; a path that does not exist is listed without a link."""
+    from html import escape
+
+    from IPython.display import HTML, display
+
+    items = []
+    for p in paths:
+        label = f"<code>{escape(p)}</code>"
+        items.append(f'<a href="../../../{escape(p)}">{label}</a>' if (ROOT / p).exists() else label)
+    display(HTML('<p class="study-sources">Computed from: ' + ", ".join(items) + "</p>"))
+
+
+def grid_facts(name: str) -> dict:
+    """A grid's runs, seeds (as a range), tasks and hardware, as strings for ``glue`` (keys ``<name>_runs`` …)."""
+    cov = coverage()
+    row = cov[cov["grid"] == name]
+    if not len(row):
+        return {f"{name}_{k}": "n/a" for k in ("runs", "seeds", "tasks", "hardware", "methods")}
+    r = row.iloc[0]
+    return {f"{name}_{k}": str(r[k]) for k in ("runs", "seeds", "tasks", "hardware", "methods")}
+
+
 def grid_status_table():
     """For every grid spec in configs/: how many of its runs are logged, failed, still to run."""
     import pandas as pd
@@ -241,7 +341,7 @@ def spectra_summary(log_dir) -> tuple:
     that ``harness figures`` wrote, so the book never recomputes SVDs)."""
     import pandas as pd
 
-    path = figures_root() / Path(log_dir).name / f"spectra_{Path(log_dir).name}.csv"
+    path = figures_dir(Path(log_dir).name) / f"spectra_{Path(log_dir).name}.csv"
     if not path.is_file():
         return None, None
     from .analysis.runs import main_lr_rows, runs_table
@@ -310,7 +410,7 @@ def benchmark_verdict(path=None) -> str:
     out = []
     for k, target in tg.items():
         ok = r[k] <= target
-        out.append(f"- `{k}` = {r[k]:.3f} (paired {rp[k]:.3f}): target ≤ {target:.2f} **{'met' if ok else 'missed'}**.")
+        out.append(f"- `{k}` = {r[k]:.3f} (paired {rp[k]:.3f}): {'within' if ok else 'above'} the target ≤ {target:.2f}.")
     if "floor_over_full" in r:
         out.append(f"- The floor — the frozen model with gradients forced to every query/value output but no adapter "
                    f"(`floor_qv`, {ms['floor_qv']['median']:.0f} ms against {ms['full_ft']['median']:.0f} ms for full "
@@ -393,7 +493,7 @@ def _show_png(grid: str, name: str) -> dict | None:
         return None
     path = Path(entry["path"])
     if not path.is_absolute():
-        path = figures_root() / grid / path.name
+        path = figures_dir(grid) / path.name
     display(Image(filename=str(path)))
     return entry
 

@@ -33,7 +33,7 @@ def round1_comparisons(log_dir, quantities=("final",)) -> list[dict]:
     """The round-1 paired comparisons (:data:`harness.analysis.findings.COMPARISONS`) of ``log_dir``, restricted to
     ``quantities``, each a :func:`harness.analysis.findings.paired` dict plus ``lo``/``hi`` (95 % t interval),
     ``finding`` (:func:`harness.analysis.findings.is_finding`) and ``group``, in task and question order."""
-    from .analysis.findings import COMPARISONS, has_methods, is_finding, paired, points_table
+    from .analysis.findings import COMPARISONS, compare, has_methods, is_finding, points_table
 
     runs = points_table(log_dir)
     out = []
@@ -43,7 +43,7 @@ def round1_comparisons(log_dir, quantities=("final",)) -> list[dict]:
         for a, b, qs in COMPARISONS:
             for q in qs:
                 if q in quantities and has_methods(runs, task, a, b):
-                    c = paired(runs, task, a, b, q)
+                    c = compare(runs, task, a, b, q)
                     if c["n"]:
                         lo, hi = _interval(c)
                         out.append({**c, "lo": lo, "hi": hi, "finding": is_finding(c), "group": "each at its own lr"})
@@ -83,12 +83,13 @@ def round1_comparison_frame(log_dir, quantities=("final",), pairs=None):
     t = pd.DataFrame([{"task": task_label(c["task"]), "b − a": f"{c['b']} − {c['a']}",
                        "quantity": QUANTITY_NAMES.get(c["quantity"], c["quantity"]),
                        "difference [95 % interval]": _diff_ci(c), "b ahead": f"{c['wins']}/{c['n']}",
-                       "p": _p(c["p"]), "verdict": _short_verdict(c, verdict)} for c in comps])
+                       "p": _p(c["p"]), "p (Holm)": _p(c.get("p_holm")), "verdict": _short_verdict(c, verdict)}
+                      for c in comps])
     return t.drop(columns="quantity") if len(quantities) == 1 and len(t) else t
 
 
 def _short_verdict(c: dict, verdict) -> str:
-    """The table's verdict: "lora_fa behind (finding)", "not distinguishable" (p is in its own column), or
+    """The table's verdict by the rulebook: "lora_fa behind (finding)", "level", "not determined at n = 3", or
     :func:`harness.prose.findings.verdict`'s words when there are too few seeds for a conclusion."""
     from .analysis.findings import b_ahead, is_finding
 
@@ -96,7 +97,7 @@ def _short_verdict(c: dict, verdict) -> str:
         return verdict(c)
     if is_finding(c):
         return f"{c['b']} {'ahead' if b_ahead(c) else 'behind'} (finding)"
-    return "not distinguishable"
+    return "level" if c.get("level") else f"not determined at n = {c['n']}"
 
 
 def trainable_parts(rank: int = 8, n_targets: int = 2, labels: int = 2, model_config: dict | None = None) -> dict:
@@ -156,7 +157,7 @@ def round1_numbers(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=None
     and ``..._v_<t>`` (the short verdict, final only); the lr block ``r1_lr_<i>`` (i = 0, 1, 2);
     ``r1_n_findings`` / ``r1_n_comparisons`` (final), ``r1_speed_findings`` / ``r1_speed_n`` (svd − random early
     progress); parameter counts; benchmark memory; spectra and subspace means."""
-    from .analysis.findings import COMPARISONS, SPEED, at_chance, has_methods, is_finding, lr_block, paired, points_table
+    from .analysis.findings import COMPARISONS, SPEED, at_chance, compare, has_methods, is_finding, lr_block, points_table
     from .prose.findings import _ms, _short
 
     tasks_all = ("mrpc", "rte", "cola")
@@ -179,7 +180,7 @@ def round1_numbers(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=None
         for q in qs:
             for t in tasks_all:
                 key = f"r1_{b}_{a}_{q}_{t}"
-                c = paired(runs, t, a, b, q) if n and has_methods(runs, t, a, b) else None
+                c = compare(runs, t, a, b, q) if n and has_methods(runs, t, a, b) else None
                 out[key] = _diff_ci(c)
                 if q == "final":
                     out[f"r1_{b}_{a}_v_{t}"] = _short(c) if c else "not run"
@@ -198,7 +199,7 @@ def round1_numbers(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=None
     out["r1_n_findings"] = f"{len(found)}"
     out["r1_findings_list"] = ("; ".join(f"{task_label(c['task'])} {c['b']} − {c['a']} {c['diff']:+.3f}" for c in found)
                                or "none")
-    speed = [paired(runs, t, "random", "svd", q) for t in tasks_all if n and has_methods(runs, t, "random", "svd")
+    speed = [compare(runs, t, "random", "svd", q) for t in tasks_all if n and has_methods(runs, t, "random", "svd")
              and not chance.get(t) for q in SPEED]
     out["r1_speed_n"] = f"{len(speed)}"
     out["r1_speed_findings"] = f"{sum(is_finding(c) for c in speed)}"
@@ -207,7 +208,7 @@ def round1_numbers(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=None
     out["r1_lr_task"] = task_label(lr_task) if lr_task else "n/a"
     for i in range(3):
         if i < len(lrs):
-            c = paired(runs, lr_task, "random", "svd", "final", lrs[i], lrs[i])
+            c = compare(runs, lr_task, "random", "svd", "final", lrs[i], lrs[i])
             out[f"r1_lr_{i}"] = (f"lr {lrs[i]:g}: {c['mean_b']:.3f} vs {c['mean_a']:.3f}, svd − random "
                                  f"{_diff_ci(c)} ({_short(c)})")
         else:

@@ -67,17 +67,21 @@ def test_paired_matches_scipy_and_drops_unpaired_seeds(grid_dir):
 
 
 def test_verdicts():
-    base = dict(a="random", b="svd", diff=0.03, diff_std=0.005)
-    assert pf.verdict({**base, "n": 3, "p": 0.01, "wins": 3}).startswith("svd ahead of random in all 3 seeds")
-    assert pf.verdict({**base, "n": 3, "p": 0.01, "wins": 0, "diff": -0.03}).startswith("svd behind random")
-    # significant-looking p but the sign disagrees between seeds: not a finding
-    assert "not distinguishable" in pf.verdict({**base, "n": 3, "p": 0.04, "wins": 2})
-    assert "not distinguishable" in pf.verdict({**base, "n": 3, "p": 0.4, "wins": 3})
+    """The words follow the rulebook's fields (finding = Holm-adjusted p < 0.05 in the family; level = TOST)."""
+    base = dict(a="random", b="svd", diff=0.03, diff_std=0.005, level=False)
+    hit = {**base, "n": 3, "p": 0.001, "p_holm": 0.01, "finding": True, "wins": 3}
+    assert pf.verdict(hit) == "svd ahead of random (Holm-adjusted p = 0.01)"
+    assert pf.verdict({**hit, "wins": 0, "diff": -0.03}).startswith("svd behind random")
+    # a small raw p that does not survive Holm is not a finding
+    assert pf.verdict({**base, "n": 3, "p": 0.01, "p_holm": 0.2, "finding": False, "wins": 3}) == (
+        "not determined at n = 3 (p = 0.01, Holm-adjusted 0.20)")
+    assert pf.verdict({**base, "n": 3, "p": 0.4, "p_holm": 1.0, "finding": False, "level": True, "margin": 0.01,
+                       "wins": 3}) == "level within ±0.01 (equivalence test)"
     assert "no conclusion" in pf.verdict({**base, "n": 2, "p": math.nan, "wins": 2})
     assert pf.verdict({**base, "n": 0, "p": math.nan, "wins": 0}) == "no shared seeds yet"
     # a loss: lower is better, so a negative difference puts b ahead
-    loss = {**base, "quantity": "loss_epoch1", "n": 3, "p": 0.01}
-    assert pf.verdict({**loss, "diff": -0.03, "wins": 3}).startswith("svd ahead of random in all 3 seeds")
+    loss = {**hit, "quantity": "loss_epoch1"}
+    assert pf.verdict({**loss, "diff": -0.03}).startswith("svd ahead of random")
     assert pf.verdict({**loss, "diff": 0.03, "wins": 0}).startswith("svd behind random")
 
 
@@ -94,7 +98,10 @@ def test_findings_markdown_states_computed_numbers(grid_dir, tmp_path):
     text = pf.findings_markdown(grid_dir)
     d = np.array([SVD[s] - RANDOM[s] for s in range(3)])
     assert f"{d.mean():+.3f} ± {d.std(ddof=1):.3f}" in text          # svd − random, final, paired
-    assert "svd ahead of random in all 3 seeds" in text
+    holm = next(c["p_holm"] for c in af.round1_family(af.points_table(grid_dir))
+                if (c["task"], c["b"], c["quantity"]) == ("mrpc", "svd", "final"))
+    assert holm == pytest.approx(4 * stats.ttest_rel([SVD[s] for s in range(3)], [RANDOM[s] for s in range(3)]).pvalue)
+    assert f"svd ahead of random (Holm-adjusted p = {holm:.2f})" in text
     assert "Computed from 16 runs in `logs/quick`" in text
     naive0 = np.mean([NAIVE[s] / 5 for s in range(3)])                  # step-0 value of make_log's curve
     assert f"before training its accuracy is {naive0:.3f}" in text
@@ -112,8 +119,8 @@ def test_brief_answers_each_question_on_the_tasks_that_learn(grid_dir):
     assert "RTE" not in text
     d = np.array([SVD[s] - RANDOM[s] for s in range(3)])
     p = stats.ttest_rel([SVD[s] for s in range(3)], [RANDOM[s] for s in range(3)]).pvalue
-    assert (f"svd − random, final: MRPC {d.mean():+.3f} ± {d.std(ddof=1):.3f} (svd ahead in all 3 seeds, "
-            f"p = {p:.3f})" in text) and "Distinguishable on MRPC." in text
+    assert (f"svd − random, final: MRPC {d.mean():+.3f} ± {d.std(ddof=1):.3f} (svd ahead in 3/3 seeds, "
+            f"Holm p = {4 * p:.2f})" in text) and "Distinguishable on MRPC." in text
     naive = np.array([NAIVE[s] for s in range(3)])
     svd = np.array([SVD[s] for s in range(3)])
     assert (f"seed-to-seed std {naive.std(ddof=1):.3f} against {svd.std(ddof=1):.3f} for svd" in text)
@@ -123,10 +130,10 @@ def test_brief_answers_each_question_on_the_tasks_that_learn(grid_dir):
 
 def test_short_names_the_side_most_seeds_are_on():
     c = dict(b="svd", n=3, p=0.4, wins=1, behind=2, diffs=[0.01, -0.02, -0.03], quantity="final")
-    assert pf._short(c) == "svd behind in 2/3 seeds, p = 0.40, n.s."
+    assert pf._short(c) == "svd behind in 2/3 seeds, p = 0.40, not a finding"
     # a lower training loss is "ahead"
     loss = {**c, "quantity": "loss_epoch1", "wins": 2, "behind": 1}
-    assert pf._short(loss) == "svd ahead in 2/3 seeds, p = 0.40, n.s."
+    assert pf._short(loss) == "svd ahead in 2/3 seeds, p = 0.40, not a finding"
     assert pf._short({**c, "n": 2}) == "2 shared seeds, no conclusion"
 
 
@@ -218,8 +225,8 @@ def test_benchmark_verdict_from_json(tmp_path):
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(b))
     text = book.benchmark_verdict(path)
-    assert "`ours_over_peft` = 0.995 (paired 0.990): target ≤ 1.00 **met**" in text
-    assert "`ours_over_full` = 0.805 (paired 0.810): target ≤ 0.70 **missed**" in text
+    assert "`ours_over_peft` = 0.995 (paired 0.990): within the target ≤ 1.00." in text
+    assert "`ours_over_full` = 0.805 (paired 0.810): above the target ≤ 0.70" in text
     assert f"{0.70 * 1280 - 894:.0f} ms above the floor" in text and "out of reach" in text
     assert "22.7 M parameters" in text and "Our adapters add 136 ms" in text
     assert "no benchmark" in book.benchmark_verdict(tmp_path / "none.json")
@@ -350,3 +357,34 @@ def test_readme_results_add_the_lr_comparison(tmp_path):
     # the summary bullets of the book's findings page follow the tables; two seeds are no conclusion
     assert ("**Does SVD init end higher than random init?** svd − random, final: MRPC +0.020 ± 0.014 "
             "(2 shared seeds, no conclusion). Too few shared seeds for a conclusion yet.") in text
+
+
+# ----------------------------------------------------------------------------- the rulebook (harness.analysis.stats)
+
+
+def test_rulebook_finding_level_and_not_determined():
+    from harness.analysis import stats as st
+    comps = [dict(task="mrpc", diff=-0.04, sd=0.004, n=5, p=1e-4),      # clearly behind
+             dict(task="mrpc", diff=0.001, sd=0.002, n=5, p=0.3),       # inside ±0.01, tight: level
+             dict(task="mrpc", diff=0.004, sd=0.02, n=5, p=0.7),        # wide: not determined
+             dict(task="rte", diff=0.05, sd=0.001, n=5, p=1e-6)]        # not learned: outside the family
+    out = st.with_holm(comps, "init_vs_random", unlearned={"rte"})
+    assert [c["verdict"].split(" (")[0] for c in out] == ["behind", "level", "not determined at n = 5",
+                                                          "not learned"]
+    assert out[0]["p_holm"] == pytest.approx(3e-4)                    # Holm over the three inside, not four
+    assert out[3]["p_holm"] is None and out[3]["family"] is None
+    # the minimum detectable difference: t_{1 − 0.05/6, 4}·sd/√5 for the family of three
+    from scipy import stats
+    assert out[2]["mdd"] == pytest.approx(stats.t.ppf(1 - 0.05 / 6, 4) * 0.02 / 5 ** 0.5)
+    assert "detectable: |Δ| ≥ 0.035" in out[2]["verdict"]
+    # TOST by hand: the larger one-sided p of (d̄ ± δ)/(s/√n)
+    se = 0.002 / 5 ** 0.5
+    assert out[1]["p_tost"] == pytest.approx(max(stats.t.sf((0.001 + 0.01) / se, 4), stats.t.cdf((0.001 - 0.01) / se, 4)))
+    with pytest.raises(ValueError, match="unknown family 'nope'"):
+        st.with_holm(comps, "nope")
+
+
+def test_thresholds_ignore_float_noise():
+    from harness.analysis.stats import at_least, below
+    assert at_least(0.7999999999999999, 0.8) and not at_least(0.7999, 0.8)
+    assert below(0.0999999, 0.1) and not below(0.10000000000000002, 0.1)

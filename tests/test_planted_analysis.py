@@ -92,3 +92,18 @@ def test_fastest_prediction(tmp_path):
     (tmp_path / "b").mkdir()
     res = {r["id"]: r for r in pa.check_predictions(_planted(tmp_path / "b", logs))}
     assert res["P4"]["held"] is False
+
+
+def test_p8_holds_at_exactly_the_criterion(tmp_path):
+    """Four inits whose held-out MSE and rel_err orders differ by one swap: Spearman ρ = 1 − 6·2/60 = 0.8 exactly,
+    which scipy returns as 0.7999999999999999; the criterion ρ ≥ 0.8 is met."""
+    from scipy.stats import spearmanr
+    errs, held = [0.1, 0.2, 0.3, 0.4], [0.1, 0.3, 0.2, 0.4]
+    assert spearmanr(held, errs).statistic < 0.8                    # the float noise the rule must not see
+    logs = [_log("top", i, 0, e, heldout=h) for i, e, h in zip(("random", "svd", "svd_minor", "olora"), errs, held)]
+    res = {r["id"]: r for r in pa.check_predictions(_planted(tmp_path, logs))}
+    assert res["P8"]["held"] is True and "top ρ = 0.80" in res["P8"]["evidence"]
+    logs[3] = _log("top", "olora", 0, 0.4, heldout=0.05)           # olora's MSE now the lowest: ρ = 0.2
+    (tmp_path / "b").mkdir()
+    res = {r["id"]: r for r in pa.check_predictions(_planted(tmp_path / "b", logs))}
+    assert res["P8"]["held"] is False

@@ -150,3 +150,20 @@ def test_compact_factor_file_keeps_delta_w_without_cancellation(tmp_path, init):
     for n, dW in exact.items():
         B, A = back[n]
         assert torch.linalg.norm(B.double() @ A.double() - dW) <= 2e-3 * torch.linalg.norm(dW)
+
+
+def test_one_comparison_has_one_adjusted_p_on_every_page():
+    """The committed logs: an init against random init is a member of the one family ``init_vs_random``, so the
+    protocol chapter (grid v2) and the init chapter (v2 + inits) show the same Holm-adjusted p; RTE, which no
+    adapter learns, stays outside the families."""
+    from pathlib import Path
+    from harness.analysis import inits, protocol_v2 as pr
+    logs = Path(__file__).resolve().parent.parent / "logs"
+    comps = pr.comparisons(logs / "v2", logs / "v2_sweep")
+    on_protocol = {(c["task"], c["b"]): c["p_holm"] for c in comps if c["family"] == "init_vs_random"}
+    on_inits = {(r.task, r.init): r.p_holm for r in inits.comparisons(inits.load_runs(logs)).itertuples()}
+    assert on_protocol.keys() == on_inits.keys() and len(on_inits) == 24
+    assert all(on_protocol[k] == pytest.approx(on_inits[k], rel=1e-12) for k in on_inits)
+    assert on_protocol["mrpc", "svd_seed"] < 0.05                     # the same finding on both pages
+    rte = [c for c in comps if c["task"] == "rte"]
+    assert rte and all(c["family"] is None and c["p_holm"] is None for c in rte)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["intro", "method", "setup", "sweep", "results", "spectra", "findings", "speed_memory", "reproduce",
+PAGES = ["intro", "method", "round1", "spectra", "speed", "rules", "glossary", "reproduce",
          "limitations"]
 
 
@@ -74,12 +74,12 @@ def test_book_pages_and_images(study):
     html = study["html"]
     for page in PAGES:
         assert (html / f"{page}.html").is_file(), page
-    results = (html / "results.html").read_text()
+    results = (html / "round1.html").read_text()
     assert "<table" in results and "±" in results
     assert len(re.findall(r"<img[^>]+src=", results)) >= 2          # one convergence figure per task
     spectra = (html / "spectra.html").read_text()
     assert len(re.findall(r"<img[^>]+src=", spectra)) >= 3
-    found = (html / "findings.html").read_text()     # generated sentences + the paired-difference figure
+    found = (html / "round1.html").read_text()       # generated sentences + the paired-difference figure
     assert "paired difference" in found and "only 2 shared seeds: no conclusion yet" in found
     assert len(re.findall(r"<img[^>]+src=", found)) >= 1
     for page in PAGES:    # no page reaches for a CDN: math and theme are local

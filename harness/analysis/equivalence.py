@@ -6,17 +6,17 @@ gives the mean d̄ with its 95 % t-interval [lo, hi] over the n seeds.  The seed
 seed-to-seed standard deviation of the metric, pooled over the two precisions:
 sd_seed = √((s²_fp32 + s²_bf16)/2) (each s with ddof = 1).
 
-Verdict, per cell:
+Verdict, per cell, by the book's rulebook (:func:`harness.analysis.stats.with_holm`, family ``bf16``,
+margin δ = sd_seed: a change smaller than what a new seed does is no change worth having):
 
-* ``different``     the interval excludes 0;
-* ``equivalent``    it contains 0 and is narrower than the seed spread, i.e. hi − lo < 2·sd_seed (the width
-                    of the band mean ± one seed sd): the precision moves the metric by less than what a new
-                    seed does, and that is resolved by the data;
-* ``inconclusive``  it contains 0 but is wider: these seeds cannot tell bf16 from fp32 at the scale of
-                    the seed noise (not evidence of a difference).
+* ``different``     Holm-adjusted paired t-test p < 0.05;
+* ``equivalent``    the two one-sided tests (TOST) put d̄ inside ±sd_seed, Holm-adjusted p < 0.05, i.e. the 90 %
+                    interval lies inside the band of one seed sd;
+* ``inconclusive``  neither: these seeds cannot tell bf16 from fp32 at the scale of the seed noise (not
+                    evidence of a difference).
 
-With n = 3 seeds the half-width is t₀.₉₇₅,₂·s_d/√3 ≈ 2.48·s_d, so "equivalent" needs the paired
-differences to vary much less than the runs themselves (s_d < 0.4·sd_seed).
+With n = 3 seeds the 90 % half-width is t₀.₉₅,₂·s_d/√3 ≈ 1.69·s_d, so "equivalent" needs the paired
+differences to vary much less than the runs themselves.
 """
 from __future__ import annotations
 
@@ -65,30 +65,28 @@ def seed_sd(a: dict, b: dict) -> float:
     return math.sqrt(sum(var) / len(var)) if var else math.nan
 
 
-def verdict(lo: float, hi: float, sd: float) -> str:
-    """'different' if 0 ∉ [lo, hi]; else 'equivalent' if hi − lo < 2·sd, else 'inconclusive'."""
-    if any(math.isnan(x) for x in (lo, hi)):
-        return "inconclusive"
-    if not lo <= 0.0 <= hi:
-        return "different"
-    return "equivalent" if (hi - lo) < 2 * sd else "inconclusive"
+def verdict(row: dict) -> str:
+    """A cell's word from the rulebook's fields: 'different' (a finding), 'equivalent' (level within ±sd_seed),
+    else 'inconclusive'."""
+    return "different" if row["finding"] else "equivalent" if row["level"] else "inconclusive"
 
 
 def seeds_needed(sd_diff: float, sd: float, max_n: int = 1000) -> int | None:
-    """Smallest n ≥ 2 with 2·t₀.₉₇₅,ₙ₋₁·sd_diff/√n < 2·sd: the seeds at which paired differences this
-    variable would give an interval narrower than the seed spread (None if not within ``max_n``)."""
+    """Smallest n ≥ 2 with t₀.₉₅,ₙ₋₁·sd_diff/√n < sd: the seeds at which paired differences this variable,
+    centred on 0, would pass TOST against ±sd (None if not within ``max_n``)."""
     from scipy import stats as st
     if not (sd_diff >= 0 and sd > 0):
         return None
     for n in range(2, max_n + 1):
-        if st.t.ppf(0.975, n - 1) * sd_diff / math.sqrt(n) < sd:
+        if st.t.ppf(0.95, n - 1) * sd_diff / math.sqrt(n) < sd:
             return n
     return None
 
 
 def equivalence_table(logs: list[dict], reference: str = REFERENCE, candidate: str = CANDIDATE) -> list[dict]:
     """One row per cell with both precisions: the paired candidate − reference difference of the final
-    dev metric (95 % interval, p, Holm-adjusted p over the cells), the pooled seed sd, and the verdict."""
+    dev metric (95 % interval, p, Holm-adjusted p over the cells), the pooled seed sd, TOST against it, and
+    the verdict."""
     rows = []
     for cell in precision_cells(logs):
         a, b = cell["values"].get(reference, {}), cell["values"].get(candidate, {})
@@ -98,9 +96,10 @@ def equivalence_table(logs: list[dict], reference: str = REFERENCE, candidate: s
         sd = seed_sd(a, b)
         rows.append(dict(task=cell["task"], method=cell["method"], metric=cell["metric"], lr=cell["lr"], n=c["n"],
                          mean_ref=c["mean_a"], mean_cand=c["mean_b"], diff=c["diff"], lo=c["lo"], hi=c["hi"],
-                         half_width=(c["hi"] - c["lo"]) / 2, seed_sd=sd, sd_diff=c["sd"], p=c["p"], wins=c["wins"],
-                         verdict=verdict(c["lo"], c["hi"], sd), seeds_needed=seeds_needed(c["sd"], sd)))
-    return with_holm(rows)
+                         half_width=(c["hi"] - c["lo"]) / 2, seed_sd=sd, sd=c["sd"], sd_diff=c["sd"], p=c["p"],
+                         wins=c["wins"], margin=sd if math.isfinite(sd) else None,
+                         seeds_needed=seeds_needed(c["sd"], sd)))
+    return [{**r, "verdict": verdict(r)} for r in with_holm(rows, "bf16")]
 
 
 def equivalence_frame(log_dir: str | Path):
@@ -114,10 +113,11 @@ def equivalence_frame_of(logs: list[dict]):
     import pandas as pd
 
     rows = equivalence_table(logs)
-    cols = {"task": "task", "method": "method", "metric": "metric", "n": "seeds", "mean_ref": "fp32",
-            "mean_cand": "bf16", "diff": "bf16 − fp32", "lo": "95 % lo", "hi": "95 % hi", "seed_sd": "seed sd",
-            "p_holm": "p (Holm)", "verdict": "verdict", "seeds_needed": "seeds for a verdict"}
-    return pd.DataFrame([{v: r[k] for k, v in cols.items()} for r in rows], columns=list(cols.values()))
+    return pd.DataFrame([{"task": r["task"], "method": r["method"], "seeds": r["n"], "fp32": r["mean_ref"],
+                          "bf16": r["mean_cand"],
+                          "bf16 − fp32 [95 % CI]": f"{r['diff']:+.4f} [{r['lo']:+.4f}, {r['hi']:+.4f}]",
+                          "seed sd (margin)": r["seed_sd"], "p (Holm)": r["p_holm"], "verdict": r["verdict"],
+                          "seeds for a verdict": r["seeds_needed"]} for r in rows])
 
 
 def verdict_counts(rows: list[dict]) -> dict[str, int]:

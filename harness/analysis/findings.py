@@ -19,6 +19,11 @@ Quantities compared (all on the task's main dev metric, from the run logs):
   progress on the training objective (lower is better; "ahead" then means a lower loss).
 
 Each method is compared at its :func:`harness.analysis.runs.main_lr` unless an lr is given.
+
+What counts as a finding is the book's rulebook (:mod:`harness.analysis.stats`): :func:`round1_family` puts
+every comparison of :data:`COMPARISONS` on the tasks some adapter learns into the family ``round1`` and
+Holm-adjusts it; :func:`compare` returns one comparison with the family's adjusted p and verdict (a
+comparison outside the family, e.g. at a non-default lr, is never a finding).
 """
 from __future__ import annotations
 
@@ -106,9 +111,41 @@ def paired(runs, task: str, a: str, b: str, quantity: str = "final", lr_a=None, 
                 diffs=[float(x) for x in d])
 
 
+def round1_family(runs) -> list[dict]:
+    """Every comparison of :data:`COMPARISONS` on every task of ``runs`` at the default lrs, through the rulebook
+    (:func:`harness.analysis.stats.with_holm`, family ``round1``); tasks no adapter learns (:func:`at_chance`)
+    stay outside the family.  Equivalence margins only for the final metric (the others are other units).
+    Cached on ``runs.attrs``."""
+    from .stats import with_holm
+    if "round1_family" not in runs.attrs:
+        comps = []
+        for task in order_tasks(runs["task"]):
+            for a, b, qs in COMPARISONS:
+                if has_methods(runs, task, a, b):
+                    for q in qs:
+                        c = paired(runs, task, a, b, q)
+                        if c["n"]:
+                            c = {**c, "p": c["p"] if np.isfinite(c["p"]) else None}
+                            comps.append(c if q == "final" else {**c, "margin": None})
+        unlearned = {t for t, chance in at_chance(runs).items() if chance}
+        runs.attrs["round1_family"] = with_holm(comps, "round1", unlearned)
+    return runs.attrs["round1_family"]
+
+
+def compare(runs, task: str, a: str, b: str, quantity: str = "final", lr_a=None, lr_b=None) -> dict:
+    """:func:`paired` with the rulebook's fields (``p_holm``, ``finding``, ``verdict``...) from
+    :func:`round1_family` when the comparison is one of its members; otherwise ``finding`` False and the verdict
+    "outside the round-1 family"."""
+    c = paired(runs, task, a, b, quantity, lr_a, lr_b)
+    for f in round1_family(runs):
+        if (f["task"], f["a"], f["b"], f["quantity"], f["lr_a"], f["lr_b"]) == (task, a, b, quantity, c["lr_a"], c["lr_b"]):
+            return {**c, **{k: f[k] for k in ("family", "p_holm", "finding", "level", "mdd", "verdict", "margin")}}
+    return {**c, "family": None, "p_holm": None, "finding": False, "level": False, "verdict": "outside the round-1 family"}
+
+
 def is_finding(c: dict) -> bool:
-    """A paired comparison counts as a finding when n ≥ 3, p < :data:`ALPHA` and every seed has the same sign."""
-    return c["n"] >= 3 and bool(np.isfinite(c["p"])) and c["p"] < ALPHA and c["wins"] in (0, c["n"])
+    """Whether a comparison from :func:`compare` is a finding by the rulebook (Holm-adjusted p < 0.05 in its family)."""
+    return bool(c.get("finding"))
 
 
 def b_ahead(c: dict) -> bool:

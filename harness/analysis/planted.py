@@ -16,7 +16,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from .stats import mean_sd
+from .stats import at_least, below, mean_sd
 
 SUBSPACES = ("top", "bottom", "random")
 SUBSPACE_LABELS = {"top": "(a) W's top-k", "bottom": "(b) W's bottom-k", "random": "(c) random"}
@@ -155,7 +155,7 @@ def check_predictions(pl: Planted) -> list[dict]:
     if all(pl.has(s, "lora_fa_svd") for s in SUBSPACES):
         a, b, c = (m(s, "lora_fa_svd", "rel_err") for s in SUBSPACES)
         ang = m("bottom", "lora_fa_svd", "angle_right")
-        held = a < REACH_MAX and b >= FLOOR_MIN and ang >= ANGLE_MIN and c >= FLOOR_MIN
+        held = below(a, REACH_MAX) and at_least(b, FLOOR_MIN) and at_least(ang, ANGLE_MIN) and at_least(c, FLOOR_MIN)
         out.append(_result("P1", f"lora_fa_svd (A = V_rᵀ frozen): (a) rel_err < {REACH_MAX}; (b) rel_err ≥ {FLOOR_MIN} "
                            f"with row-space angle ≥ {ANGLE_MIN:.0f}°; (c) rel_err ≥ {FLOOR_MIN}", held,
                            f"rel_err (a) {a:.3f}, (b) {b:.3f} (angle {ang:.1f}°), (c) {c:.3f}"))
@@ -164,7 +164,7 @@ def check_predictions(pl: Planted) -> list[dict]:
     # P2: lora_fa recovers none
     if all(pl.has(s, "lora_fa") for s in SUBSPACES):
         v = {s: m(s, "lora_fa", "rel_err") for s in SUBSPACES}
-        out.append(_result("P2", f"lora_fa (random frozen A): rel_err ≥ {FLOOR_MIN} in all three", all(x >= FLOOR_MIN for x in v.values()),
+        out.append(_result("P2", f"lora_fa (random frozen A): rel_err ≥ {FLOOR_MIN} in all three", all(at_least(x, FLOOR_MIN) for x in v.values()),
                            ", ".join(f"{s} {x:.3f}" for s, x in v.items())))
     else:
         out.append(_result("P2", "lora_fa recovers none", None, "not run"))
@@ -173,7 +173,7 @@ def check_predictions(pl: Planted) -> list[dict]:
         v = {s: m(s, "random", "rel_err") for s in SUBSPACES}
         spread = max(v.values()) - min(v.values())
         out.append(_result("P3", f"random init: final rel_err within {INDIFFERENT_MAX} across subspaces",
-                           spread < INDIFFERENT_MAX, ", ".join(f"{s} {x:.3f}" for s, x in v.items()) + f" (spread {spread:.3f})"))
+                           below(spread, INDIFFERENT_MAX), ", ".join(f"{s} {x:.3f}" for s, x in v.items()) + f" (spread {spread:.3f})"))
     else:
         out.append(_result("P3", "random init indifferent", None, "not run"))
     out.append(_fastest_check(pl, "P4", "svd", "top"))            # svd (PiSSA) starts in W's top subspaces
@@ -182,7 +182,7 @@ def check_predictions(pl: Planted) -> list[dict]:
     if all(pl.has(s, "olora") and pl.has(s, "random") for s in SUBSPACES):
         d = {s: m(s, "olora", "rel_err") - m(s, "random", "rel_err") for s in SUBSPACES}
         out.append(_result("P6", f"olora: final rel_err within {LIKE_RANDOM_MAX} of random's in every subspace",
-                           all(abs(x) < LIKE_RANDOM_MAX for x in d.values()),
+                           all(below(abs(x), LIKE_RANDOM_MAX) for x in d.values()),
                            ", ".join(f"{s} {x:+.3f}" for s, x in d.items())))
     else:
         out.append(_result("P6", "olora like random", None, "not run"))
@@ -202,6 +202,6 @@ def check_predictions(pl: Planted) -> list[dict]:
     if rhos:
         out.append(_result("P8", f"held-out MSE ranks inits like rel_err (Spearman ρ ≥ {RANK_AGREEMENT_MIN} per subspace; "
                            "lora_fa, lora_fa_svd left out in (b), (c))",
-                           all(r >= RANK_AGREEMENT_MIN for r in rhos.values()),
+                           all(at_least(r, RANK_AGREEMENT_MIN) for r in rhos.values()),
                            ", ".join(f"{s} ρ = {r:.2f}" for s, r in rhos.items())))
     return out

@@ -3,11 +3,19 @@ comparisons (95 % intervals, Holm-adjusted p) and the seed project's claim.  Pur
 ``logs/v2_sweep`` and ``logs/v2``; figures in :mod:`harness.plots.protocol`, words in
 :mod:`harness.prose.protocol`.
 
-The family of comparisons on the findings page (:func:`comparisons`): on every task, each method
-against ``random`` at the two methods' own selected learning rates; ``svd_seed`` against ``lora_fa``
-(the seed project's comparison); and the seed's claim at small learning rates on MRPC (``svd_seed``
-against ``lora_fa`` and ``random`` at lr 1e-4 and 3e-4), for the final dev metric and for the dev
-metric after one epoch (convergence).  Holm's procedure runs over the whole family.
+The page's comparisons (:func:`comparisons`) fall into three of the rulebook's families
+(:data:`harness.analysis.stats.FAMILIES`), each with its own Holm correction:
+
+* ``init_vs_random``: every init against ``random``, each at its own selected learning rate, on the tasks
+  the model learns.  The family also holds the newer init families of grid ``inits`` (when its logs are
+  there), so it is the same family, with the same adjusted p, as on the init chapter;
+* ``full_vs_random``: full fine-tuning against ``random``;
+* ``seed_claim``: ``svd_seed`` against ``lora_fa`` at each one's own rate (the seed project's comparison),
+  and the seed's claim at small learning rates on MRPC (``svd_seed`` against ``lora_fa`` and ``random`` at
+  lr 1e-4 and 3e-4), for the final dev metric and for the dev metric after one epoch.
+
+A task on which no adapter ends above the majority class on dev (RTE on MiniLM) keeps its rows, marked
+"not learned", outside every family.
 """
 from __future__ import annotations
 
@@ -43,10 +51,10 @@ def early_metric(log: dict, epoch: float = 1.0):
 
 
 class Runs:
-    """A grid's ok logs indexed by (task, method, lr) → {seed: log}."""
+    """The ok logs of one grid (or several, e.g. ``v2`` and ``inits``) indexed by (task, method, lr) → {seed: log}."""
 
-    def __init__(self, log_dir):
-        self.logs = load_logs(log_dir)
+    def __init__(self, *log_dirs):
+        self.logs = [lg for d in log_dirs for lg in load_logs(d)]
         self.cells: dict[tuple, dict[int, dict]] = defaultdict(dict)
         for lg in self.logs:
             c = lg["config"]
@@ -93,29 +101,60 @@ def _metric(runs: Runs, task: str) -> str:
     return next(lg["task"]["main_metric"] for lg in runs.logs if lg["config"]["task"] == task)
 
 
-def comparisons(log_dir, sweep_dir) -> list[dict]:
-    """The page's family of paired comparisons (b − a), with 95 % intervals and Holm-adjusted p."""
-    runs, lrs = Runs(log_dir), selected_lrs(sweep_dir)
-    family = []
+def unlearned_tasks(runs: Runs, lrs: dict) -> set[str]:
+    """Tasks on which no adapter method (full fine-tuning aside) ends, on mean over seeds at its selected lr,
+    above the majority class on dev: reported, but outside the rulebook's families."""
+    out = set()
+    for task in runs.tasks():
+        means = [sum(v.values()) / len(v) for (t, m), lr in lrs.items() if t == task and m != "full"
+                 for v in [runs.values(task, m, lr)] if v]
+        if means and max(means) <= runs.majority(task):
+            out.add(task)
+    return out
 
-    def add(task, a, lr_a, b, lr_b, quantity, group):
+
+def _inits_dirs(log_dir, sweep_dir) -> tuple:
+    """The newer init families' grid beside ``log_dir`` (``inits`` / ``inits_sweep``), or () when absent."""
+    main, sweep = Path(log_dir).parent / "inits", Path(sweep_dir).parent / "inits_sweep"
+    return (main, sweep) if main.is_dir() and sweep.is_dir() else ()
+
+
+def comparisons(log_dir, sweep_dir, inits_dirs=None) -> list[dict]:
+    """The page's paired comparisons (b − a), with 95 % intervals and the rulebook's adjusted p and verdict,
+    family by family (see the module docstring).  ``inits_dirs``: (main, sweep) of the newer init families
+    (default: ``inits`` / ``inits_sweep`` beside ``log_dir`` when they exist; () for none)."""
+    extra = _inits_dirs(log_dir, sweep_dir) if inits_dirs is None else tuple(inits_dirs)
+    runs = Runs(log_dir, *extra[:1])
+    lrs = {**selected_lrs(sweep_dir), **(selected_lrs(extra[1]) if extra else {})}
+    unlearned = unlearned_tasks(runs, lrs)
+    families: dict[str, list] = defaultdict(list)
+
+    def add(family, task, a, lr_a, b, lr_b, quantity, group):
         c = paired(runs.values(task, a, lr_a, quantity), runs.values(task, b, lr_b, quantity))
         if c["n"] >= 2:
-            family.append({**c, "task": task, "a": a, "b": b, "lr_a": lr_a, "lr_b": lr_b, "quantity": quantity,
-                           "group": group, "examples": c["diff"] * runs.n_dev(task),
-                           "metric": _metric(runs, task)})
+            families[family].append({**c, "task": task, "a": a, "b": b, "lr_a": lr_a, "lr_b": lr_b,
+                                     "quantity": quantity, "group": group, "examples": c["diff"] * runs.n_dev(task),
+                                     "metric": _metric(runs, task)})
 
     for task in runs.tasks():
         for b in method_order({m for t, m in lrs if t == task}):
             if b != "random" and (task, "random") in lrs:
-                add(task, "random", lrs[task, "random"], b, lrs[task, b], "final", "each at its own lr")
+                add("full_vs_random" if b == "full" else "init_vs_random", task, "random", lrs[task, "random"],
+                    b, lrs[task, b], "final", "each at its own lr")
         if (task, "svd_seed") in lrs and (task, "lora_fa") in lrs:
-            add(task, "lora_fa", lrs[task, "lora_fa"], "svd_seed", lrs[task, "svd_seed"], "final", "each at its own lr")
+            add("seed_claim", task, "lora_fa", lrs[task, "lora_fa"], "svd_seed", lrs[task, "svd_seed"], "final",
+                "each at its own lr")
     for lr in CLAIM_LRS:
         for a in ("lora_fa", "random"):
             for q in ("final", "epoch1"):
-                add("mrpc", a, lr, "svd_seed", lr, q, f"seed claim, lr {lr:g}")
-    return with_holm(family)
+                add("seed_claim", "mrpc", a, lr, "svd_seed", lr, q, f"seed claim, lr {lr:g}")
+    return [c for name in ("init_vs_random", "full_vs_random", "seed_claim")
+            for c in with_holm(families[name], name, unlearned)]
+
+
+def round1_inits(comps: list[dict]) -> list[dict]:
+    """The comparisons of ``comps`` among grid v2's methods (the newer init families left out)."""
+    return [c for c in comps if c["b"] in METHOD_ORDER and c["a"] in METHOD_ORDER]
 
 
 def step0_change(model_id: str = "bundled:all-MiniLM-L6-v2", rank: int = 8, alpha: float = 1.0) -> dict:

@@ -38,7 +38,7 @@ def scatter_figure(points: pd.DataFrame, corr: pd.DataFrame):
             for _, row in pt.iterrows():
                 color = "C3" if row["step0_changed"] else ("C1" if row["init"] in NEW else "C0")
                 ax.plot(row["capture"], row[q], "o", color=color, mfc="white" if row["step0_changed"] else color, ms=5)
-                ax.annotate(row["init"], (row["capture"], row[q]), fontsize=6.5, xytext=(3, 2),
+                ax.annotate(row["init"], (row["capture"], row[q]), fontsize=7, xytext=(3, 2),
                             textcoords="offset points")
             ax.set_xscale("log")
             c = corr[(corr["task"] == task) & (corr["outcome"] == q) & (corr["inits"] == "all")].iloc[0]
@@ -64,7 +64,7 @@ def heatmap_figure(capture: dict):
         ax.axhline(mat.shape[0] - 2.5, color="w", lw=1.5)
         for (yi, xi), v in np.ndenumerate(mat.values):
             label = f"{v:.2f}"
-            ax.text(xi, yi, label[1:] if label.startswith("0") else label, ha="center", va="center", fontsize=5,
+            ax.text(xi, yi, label[1:] if label.startswith("0") else label, ha="center", va="center", fontsize=7,
                     color="k" if v > 0.6 else "w")
         ax.set_xlabel("layer (block.q / block.v)")
         ax.set_title(task_label(task))

@@ -28,7 +28,7 @@ def fig_accuracy(acc, check, full_ref=None, majority: float | None = None):
         for _, row in c.iterrows():
             mk = "v" if row["role"] == "lower" else "^"
             ax.plot([xc], [row["dev"]], mk, mfc="none", color=COLORS[method], ms=7)
-            ax.annotate(f"{row['lr']:g}", (xc, row["dev"]), fontsize=6, xytext=(5, -2),
+            ax.annotate(f"{row['lr']:g}", (xc, row["dev"]), fontsize=7, xytext=(5, -2),
                         textcoords="offset points", color=COLORS[method])
     if full_ref is not None:
         m, s = full_ref
@@ -98,7 +98,7 @@ def fig_phi_layers(panels: dict, names, cells=((1, 1), (8, 8))):
         ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("φ (r = 8 vs r = 64, same seed)")
-    axes[0, -1].legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    axes[0, -1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return fig
 
 
@@ -196,7 +196,7 @@ def fig_intruder_curves(curves, full_curve=None, eps_marks=(0.5, 0.7)):
         ax.set_xlabel("ε")
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("intruders per layer (of top 10)")
-    axes[0, -1].legend(fontsize=6.5, loc="upper left")
+    axes[0, -1].legend(fontsize=7, loc="upper left")
     return fig
 
 
@@ -237,7 +237,7 @@ def fig_intruder_layers(counts, eps: float, methods_ranks, full=None):
     ax = axes[0, 0]
     im = ax.imshow(M, aspect="auto", cmap="magma_r", vmin=0, vmax=max(1.0, float(np.nanmax(M))))
     for (i, j), v in np.ndenumerate(M):
-        ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=6,
+        ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7,
                 color="white" if v > 0.6 * np.nanmax(M) else "black")
     ax.set_xticks(range(len(groups)), [r for _, r in groups], fontsize=7)
     ax.set_xlabel("rank r (columns grouped by init)")

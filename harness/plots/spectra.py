@@ -97,7 +97,7 @@ def _agreement(log_dir, sub, fig_dir, logs) -> dict:
                 ax.collections[0].colorbar.ax.axhline(rnd, color="cyan", lw=2)
                 ax.set_title(f"{task_label(task)}: {side} subspaces", fontsize=9)
                 ax.tick_params(labelsize=7)
-        fig.suptitle("Do two runs put ΔW in the same top-r subspaces? diagonal: another seed; "
+        fig.suptitle("Do two runs put ΔW in the same top-r subspaces?\ndiagonal: another seed; "
                      "off-diagonal: another init, same seed", fontsize=9)
         path = save(fig, fig_dir, "subspace_agreement")
     cap = (f"Subspace similarity φ(r, r) = ‖V₁ᵀV₂‖²_F / r between the top-r singular vectors of ΔW of two runs, "
@@ -141,7 +141,7 @@ def _sv_decay(log_dir, fig_dir, task, tt, tl) -> dict:
             ax.xaxis.get_major_locator().set_params(integer=True)
             note = " (top-32 SVD of full update)" if method == "full" else ""
             ax.set(xlabel="index i", ylabel="σ_i / σ_1", title=f"{method}{note}")
-            ax.legend(fontsize=6, loc="lower left")
+            ax.legend(fontsize=7, loc="lower left")
         for ax in flat[len(methods):]:
             ax.set_visible(False)
         fig.suptitle(f"{task_label(task)}: normalised singular values of ΔW per method")
@@ -266,18 +266,17 @@ def _similarity(log_dir, fig_dir, task, tt, tl) -> dict:
     used_logs = [lg for lg in tl if lg["run_id"] in used]
     with style():
         npan = len(grids) + 1
-        ncols = min(4, npan)
-        fig, axes = new_figure(math.ceil(npan / ncols), ncols, panel=(3.4, 3.1), min_cols=2)
+        ncols = min(3, npan)
+        fig, axes = new_figure(math.ceil(npan / ncols), ncols, panel=(2.3, 2.3))
         flat = axes.ravel()
         for ax in flat[npan:]:
             ax.set_visible(False)
         for ax, (title, G, la, lb) in zip(flat, grids):
-            sns.heatmap(G, ax=ax, vmin=0, vmax=1, cmap="magma", square=True,
-                        xticklabels=list(range(1, G.shape[1] + 1)), yticklabels=list(range(1, G.shape[0] + 1)),
-                        cbar_kws={"label": "φ(i, j)", "shrink": 0.7})
-            ax.collections[0].colorbar.ax.axhline(r_ref / n_in, color="cyan", lw=2)
+            sns.heatmap(G, ax=ax, vmin=0, vmax=1, cmap="magma", square=True, cbar=False,
+                        xticklabels=list(range(1, G.shape[1] + 1)), yticklabels=list(range(1, G.shape[0] + 1)))
             ax.set(xlabel=f"j ({lb})", ylabel=f"i ({la})", title=title)
-            ax.tick_params(labelsize=6)
+        cbar = fig.colorbar(flat[0].collections[0], ax=flat[:len(grids)].tolist(), shrink=0.5, label="φ(i, j)")
+        cbar.ax.axhline(r_ref / n_in, color="cyan", lw=2)
         ax = flat[npan - 1]
         pal = sns.color_palette("tab10", len(grids))
         for (title, G, _, _), col in zip(grids, pal):
@@ -287,8 +286,8 @@ def _similarity(log_dir, fig_dir, task, tt, tl) -> dict:
         ii = np.arange(1, m + 1)
         ax.plot(ii, ii / n_in, ls="--", c="grey", label=f"random subspaces: i/n (n={n_in})")
         ax.set(xlabel="i", ylabel="φ(i, i)", title="diagonal φ(i, i)", ylim=(0, 1.05))
-        ax.legend(fontsize=6)
-        fig.suptitle(f"{task_label(task)}: subspace similarity of ΔW's top right singular vectors, layer {layer}")
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=3)
+        fig.suptitle(f"{task_label(task)}: subspace similarity of ΔW's top right singular vectors,\nlayer {layer}")
         name = f"similarity_{task}"
         path = save(fig, fig_dir, name)
     cap = (f"Subspace similarity φ(i, j) = ‖V₁[:, :i]ᵀ V₂[:, :j]‖²_F / min(i, j) (Hu et al. 2021, eq. 4) between "

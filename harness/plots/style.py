@@ -14,15 +14,35 @@ import numpy as np
 
 from ..logs import write_atomic, write_json_atomic
 
-DPI = 130
+# The size rule: a figure is drawn at the size the book shows it.  The book's content column is at least
+# CONTENT_PX wide at a 1280 px window (book/_static/custom.css caps images at that width), a figure is at most
+# MAX_WIDTH_IN wide and is shown at PX_PER_IN pixels per inch, so a font of FONT_MIN_PT points is
+# FONT_MIN_PT·PX_PER_IN/72 ≈ 9.7 px on screen.  PNGs are written at DPI = 2·PX_PER_IN (sharp on 2× screens;
+# the browser shows them at half their pixel width, which custom.css enforces with max-width).
+CONTENT_PX = 690
+PX_PER_IN = 100
+MAX_WIDTH_IN = CONTENT_PX / PX_PER_IN
+FONT_MIN_PT = 7.0
+DPI = 2 * PX_PER_IN
+FONTS = {"font.size": 8.0, "axes.titlesize": 8.5, "axes.labelsize": 8.0, "xtick.labelsize": FONT_MIN_PT,
+         "ytick.labelsize": FONT_MIN_PT, "legend.fontsize": FONT_MIN_PT, "legend.title_fontsize": 7.5,
+         "figure.titlesize": 9.0}
 
 
-def new_figure(nrows: int = 1, ncols: int = 1, panel=(4.6, 3.4), size=None, min_cols: int = 1,
+def fit_width(figsize) -> tuple[float, float]:
+    """``figsize`` with its width capped at :data:`MAX_WIDTH_IN` (the height kept: panels get narrower, their
+    text keeps its size)."""
+    w, h = figsize
+    return (min(float(w), MAX_WIDTH_IN), float(h))
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, panel=(3.4, 2.6), size=None, min_cols: int = 1,
                squeeze: bool = False, **kw):
     """(Figure, axes): ``size`` = the whole figure in inches, else ``panel`` per subplot over
-    max(ncols, ``min_cols``) columns; constrained layout; axes a 2-d array unless ``squeeze``."""
+    max(ncols, ``min_cols``) columns, the width capped by :func:`fit_width`; constrained layout; axes a 2-d
+    array unless ``squeeze``."""
     from matplotlib.figure import Figure
-    figsize = size if size is not None else (panel[0] * max(ncols, min_cols), panel[1] * nrows)
+    figsize = fit_width(size if size is not None else (panel[0] * max(ncols, min_cols), panel[1] * nrows))
     fig = Figure(figsize=figsize, layout="constrained")
     return fig, fig.subplots(nrows, ncols, squeeze=squeeze, **kw)
 
@@ -34,7 +54,7 @@ def style():
 
     @contextlib.contextmanager
     def ctx():
-        with mpl.rc_context(), sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.8):
+        with mpl.rc_context(), sns.axes_style("whitegrid"), sns.plotting_context("paper", rc=FONTS):
             yield
     return ctx()
 
@@ -47,7 +67,7 @@ def method_colors() -> dict:
     return dict(zip(METHODS, sns.color_palette("tab10", len(METHODS))))
 
 
-def png(fig, dpi: int = 110) -> bytes:
+def png(fig, dpi: int = DPI) -> bytes:
     """A Figure as PNG bytes (for ``IPython.display.Image(data=...)``)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
@@ -55,8 +75,10 @@ def png(fig, dpi: int = 110) -> bytes:
 
 
 def show(fig, path=None, dpi: int = DPI) -> None:
-    """Display a Figure as a PNG (a page's cell output), optionally also writing it to ``path``."""
+    """Display a Figure as a PNG (a page's cell output), optionally also writing it to ``path``; the width is
+    capped by :func:`fit_width` first (the figure is drawn at the size it is shown)."""
     from IPython.display import Image, display
+    fig.set_size_inches(*fit_width(fig.get_size_inches()))
     data = png(fig, dpi)
     if path is not None:
         write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
@@ -64,7 +86,9 @@ def show(fig, path=None, dpi: int = DPI) -> None:
 
 
 def save(fig, fig_dir, name: str) -> Path:
-    """``fig_dir/<name>.png`` at :data:`DPI`, atomically; the figure is cleared afterwards."""
+    """``fig_dir/<name>.png`` at :data:`DPI`, atomically, its width capped by :func:`fit_width`; the figure is
+    cleared afterwards."""
+    fig.set_size_inches(*fit_width(fig.get_size_inches()))
     path = write_atomic(Path(fig_dir) / f"{name}.png", lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
     fig.clear()
     return path

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..analysis.benchmark import load_benchmark
-from ..analysis.findings import (COMPARISONS, SPEED, at_chance, b_ahead, has_methods, is_finding, lr_block, paired,
+from ..analysis.findings import (COMPARISONS, SPEED, at_chance, b_ahead, compare, has_methods, is_finding, lr_block, paired,
                                  points_table, shared_lrs)
 from ..analysis.runs import fmt_lr, main_lr_rows, method_order
 from ..analysis.stats import format_pm
@@ -32,12 +32,16 @@ def verdict(c: dict) -> str:
         return f"only {c['n']} shared seed{'s' if c['n'] > 1 else ''}: no conclusion yet"
     if is_finding(c):
         better = b_ahead(c)
-        return f"{c['b']} {'ahead of' if better else 'behind'} {c['a']} in all {c['n']} seeds (p = {c['p']:.3f})"
-    return f"not distinguishable from zero at n = {c['n']} (p = {_p(c['p'])})"
+        return f"{c['b']} {'ahead of' if better else 'behind'} {c['a']} (Holm-adjusted p = {_p(c['p_holm'])})"
+    if c.get("level"):
+        return f"level within ±{c['margin']:.3g} (equivalence test)"
+    if c.get("p_holm") is None:
+        return f"not determined at n = {c['n']} (p = {_p(c['p'])}; outside the Holm family)"
+    return f"not determined at n = {c['n']} (p = {_p(c['p'])}, Holm-adjusted {_p(c.get('p_holm'))})"
 
 
 def _p(p) -> str:
-    return "n/a" if not np.isfinite(p) else f"{p:.2f}" if p >= 0.01 else f"{p:.3f}"
+    return "n/a" if p is None or not np.isfinite(p) else f"{p:.2f}" if p >= 0.01 else f"{p:.3f}"
 
 
 def _d(c, digits=3) -> str:
@@ -74,7 +78,7 @@ def comparison_table(log_dir):
             if a not in have or b not in have:
                 continue
             for q in quantities:
-                c = paired(runs, task, a, b, q)
+                c = compare(runs, task, a, b, q)
                 rows.append({"task": task, "comparison": f"{b} − {a}", "at": q, "seeds": len(c["seeds"]),
                              "mean a": format_pm(c["mean_a"], c["std_a"], 3),
                              "mean b": format_pm(c["mean_b"], c["std_b"], 3), "b − a (paired)": _d(c),
@@ -94,7 +98,7 @@ def lr_table(log_dir, task: str = "mrpc", methods=("random", "svd")):
     rows = []
     for lr in shared_lrs(runs, task, a, b):
         for q in ("final", "curve"):
-            c = paired(runs, task, a, b, q, lr_a=lr, lr_b=lr)
+            c = compare(runs, task, a, b, q, lr_a=lr, lr_b=lr)
             rows.append({"lr": lr, "at": q, "seeds": c["n"], a: format_pm(c["mean_a"], c["std_a"], 3),
                          b: format_pm(c["mean_b"], c["std_b"], 3), f"{b} − {a} (paired)": _d(c),
                          f"{b} ahead in": f"{c['wins']}/{c['n']}", "p": _p(c["p"]), "verdict": verdict(c)})
@@ -107,9 +111,9 @@ def _short(c: dict) -> str:
     if c["n"] < 3:
         return f"{c['n']} shared seed{'s' if c['n'] != 1 else ''}, no conclusion"
     if is_finding(c):
-        return f"{c['b']} {'ahead' if b_ahead(c) else 'behind'} in all {c['n']} seeds, p = {_p(c['p'])}"
+        return f"{c['b']} {'ahead' if b_ahead(c) else 'behind'} in {max(c['wins'], c['behind'])}/{c['n']} seeds, Holm p = {_p(c['p_holm'])}"
     side, k = ("behind", c["behind"]) if c["behind"] > c["wins"] else ("ahead", c["wins"])
-    return f"{c['b']} {side} in {k}/{c['n']} seeds, p = {_p(c['p'])}, n.s."
+    return f"{c['b']} {side} in {k}/{c['n']} seeds, p = {_p(c['p'])}, not a finding"
 
 
 def brief(runs, chance: dict, benchmark=None, spectra_csv=None) -> list[str]:
@@ -119,7 +123,7 @@ def brief(runs, chance: dict, benchmark=None, spectra_csv=None) -> list[str]:
     tasks = [t for t in order_tasks(runs["task"]) if not chance[t]]
 
     def over(a, b, q="final"):
-        return [(t, paired(runs, t, a, b, q)) for t in tasks if has_methods(runs, t, a, b)]
+        return [(t, compare(runs, t, a, b, q)) for t in tasks if has_methods(runs, t, a, b)]
 
     def listed(pairs):
         return "; ".join(f"{task_label(t)} {_d(c)} ({_short(c)})" for t, c in pairs)
@@ -136,15 +140,15 @@ def brief(runs, chance: dict, benchmark=None, spectra_csv=None) -> list[str]:
         few = any(c["n"] < 3 for _, c in finals)
         line += (("Distinguishable on " + ", ".join(task_label(t) for t, _ in found) + ".") if found else
                  "Too few shared seeds for a conclusion yet." if few else
-                 "No: neither init ends higher on any of these tasks at this number of seeds.")
+                 "Not determined: no difference is a finding at this number of seeds.")
         out.append(line)
-        speed = [(t, q, paired(runs, t, "random", "svd", q)) for t, _ in finals for q in SPEED]
+        speed = [(t, q, compare(runs, t, "random", "svd", q)) for t, _ in finals for q in SPEED]
         fast = [(t, q, c) for t, q, c in speed if is_finding(c)]
         line = "- **Does it converge faster?** "
         if fast:
             line += ("; ".join(f"{task_label(t)}, {QUANTITY_LABELS[q]}: {_d(c)} ({_short(c)})" for t, q, c in fast)
                      + f". The other {len(speed) - len(fast)} of {len(speed)} early-progress measures "
-                     "are not distinguishable from zero.")
+                     "are not findings.")
         elif few:
             line += "Too few shared seeds for a conclusion yet."
         else:
@@ -155,7 +159,7 @@ def brief(runs, chance: dict, benchmark=None, spectra_csv=None) -> list[str]:
     lr_task, lrs = lr_block(runs)
     if lr_task:
         parts = [f"lr {lr:g}: {c['mean_b']:.3f} vs {c['mean_a']:.3f}, {_d(c)} ({_short(c)})"
-                 for lr in lrs for c in [paired(runs, lr_task, "random", "svd", "final", lr, lr)]]
+                 for lr in lrs for c in [compare(runs, lr_task, "random", "svd", "final", lr, lr)]]
         g = runs[runs["task"] == lr_task]
         out.append(f"- **And at smaller learning rates** (the original claim)? Final {g['main_metric'].iloc[0]} on "
                    f"{task_label(lr_task)}, svd vs random and svd − random: " + "; ".join(parts)
@@ -226,7 +230,7 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=N
     for t in tasks:
         if not has_methods(runs, t, "random", "svd"):
             continue
-        f, q1, cv, lo = (paired(runs, t, "random", "svd", q) for q in ("final", "first", "curve", "loss_epoch1"))
+        f, q1, cv, lo = (compare(runs, t, "random", "svd", q) for q in ("final", "first", "curve", "loss_epoch1"))
         line = (f"- {task_label(t)} ({metric(t)}): final {format_pm(f['mean_b'], f['std_b'], 3)} for svd vs "
                 f"{format_pm(f['mean_a'], f['std_a'], 3)} for random, paired difference {_d(f)} ({verdict(f)}). "
                 f"Early, after the first evaluation: {_d(q1)} ({verdict(q1)}); "
@@ -238,7 +242,7 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=N
     lr_task, lrs = lr_block(runs)
     if lr_task:
         parts = [f"lr {lr:g}: {_d(c)} ({verdict(c)})" for lr in lrs
-                 for c in [paired(runs, lr_task, "random", "svd", "final", lr, lr)]]
+                 for c in [compare(runs, lr_task, "random", "svd", "final", lr, lr)]]
         out.append(f"- At smaller learning rates on {task_label(lr_task)} (the original claim: SVD init helps most "
                    "there), svd − random, final: " + "; ".join(parts) + ".")
     out.append("")
@@ -248,7 +252,7 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=N
     for t in tasks:
         for b in ("lora_fa", "lora_fa_svd"):
             if has_methods(runs, t, "random", b):
-                c = paired(runs, t, "random", b)
+                c = compare(runs, t, "random", b)
                 out.append(f"- {task_label(t)}: {b} − random, final {metric(t)}: {_d(c)} ({verdict(c)})"
                            + (" (at chance level)" if chance[t] else "") + ".")
     params = runs.groupby("method")["trainable"].median()
@@ -275,7 +279,7 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=N
         for t in tasks:
             if not has_methods(runs, t, "svd", "svd_naive"):
                 continue
-            z, f = paired(runs, t, "svd", "svd_naive", "step0"), paired(runs, t, "svd", "svd_naive")
+            z, f = compare(runs, t, "svd", "svd_naive", "step0"), compare(runs, t, "svd", "svd_naive")
             out.append(f"- {task_label(t)}: before training its {metric(t)} is {format_pm(z['mean_b'], z['std_b'], 3)} against "
                        f"{format_pm(z['mean_a'], z['std_a'], 3)} for the function-preserving svd init (the model it starts "
                        f"from is W + U_r S_r V_rᵀ); after training svd_naive − svd is {_d(f)} ({verdict(f)}).")
@@ -286,7 +290,7 @@ def findings_markdown(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=N
         out.append("**How far are the adapters from full fine-tuning?**")
         for t in tasks:
             if has_methods(runs, t, "random", "full"):
-                c = paired(runs, t, "random", "full")
+                c = compare(runs, t, "random", "full")
                 out.append(f"- {task_label(t)}: full − random (LoRA), final {metric(t)}: {_d(c)} ({verdict(c)}).")
         out.append("")
 

@@ -1,7 +1,7 @@
 """Protocol v2 in words: the comparison table, the findings bullets and the README block."""
 from __future__ import annotations
 
-from ..analysis.protocol_v2 import comparisons, final_table, grid_wall_time
+from ..analysis.protocol_v2 import comparisons, final_table, grid_wall_time, round1_inits
 from ..tasks import task_label
 from .readme import replace_block
 
@@ -10,10 +10,11 @@ V2_END = "<!-- v2:end -->"
 
 
 def interval_cells(c: dict) -> dict:
-    """A paired comparison's table cells: difference with its 95 % interval, seeds ahead, Holm p, finding."""
+    """A paired comparison's table cells by the rulebook: difference with its 95 % interval, seeds ahead,
+    family, Holm p, verdict."""
     return {"difference [95 % CI]": f"{c['diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]",
-            "b ahead": f"{c['wins']}/{c['n']}", "p (Holm)": "–" if c["p_holm"] is None else f"{c['p_holm']:.3g}",
-            "finding": "yes" if c["finding"] else "no"}
+            "b ahead": f"{c['wins']}/{c['n']}", "family": c.get("family") or "–",
+            "p (Holm)": "–" if c["p_holm"] is None else f"{c['p_holm']:.3g}", "verdict": c["verdict"]}
 
 
 def comparison_frame(comps: list[dict]) -> "pd.DataFrame":
@@ -25,17 +26,29 @@ def comparison_frame(comps: list[dict]) -> "pd.DataFrame":
 
 
 def findings_markdown(comps: list[dict]) -> str:
-    """The comparisons that are findings (Holm-adjusted p < 0.05), one bullet each, or a sentence saying none is."""
+    """The comparisons that are findings (Holm-adjusted p < 0.05 in their family), one bullet each, or a
+    sentence saying none is."""
     hits = [c for c in comps if c["finding"]]
     if not hits:
-        return "No comparison of the family is a finding (every Holm-adjusted p ≥ 0.05)."
+        return "No comparison is a finding (every Holm-adjusted p ≥ 0.05 in its family)."
     lines = []
     for c in hits:
         where = "each at its own lr" if c["group"] == "each at its own lr" else f"both at lr {c['lr_a']:g}"
         lines.append(f"- {task_label(c['task'])}, {c['b']} − {c['a']} ({where}, {c['quantity']}): "
                      f"{c['diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}], {c['examples']:+.0f} dev examples, "
-                     f"{c['b']} ahead in {c['wins']}/{c['n']} seeds, Holm-adjusted p = {c['p_holm']:.3g}")
+                     f"{c['b']} ahead in {c['wins']}/{c['n']} seeds, Holm-adjusted p = {c['p_holm']:.3g} "
+                     f"(family `{c['family']}`): **{c['verdict']}**")
     return "\n".join(lines)
+
+
+def level_markdown(comps: list[dict]) -> str:
+    """The comparisons the rulebook calls level (TOST inside the margin, not a finding), or a sentence saying none is."""
+    lv = [c for c in comps if c["level"] and not c["finding"]]
+    if not lv:
+        return "No comparison is level: none passes the equivalence test."
+    return "; ".join(f"{task_label(c['task'])} {c['b']} − {c['a']}"
+                     + ("" if c["group"] == "each at its own lr" else f" at lr {c['lr_a']:g}")
+                     + f" ({c['quantity']}) {c['diff']:+.3f}, level within ±{c['margin']:.3g}" for c in lv)
 
 
 def readme_block(log_dir, sweep_dir) -> str:
@@ -52,8 +65,8 @@ def readme_block(log_dir, sweep_dir) -> str:
         f"{wall_sweep['runs']} sweep + {wall['runs']} final runs, {wall['hours'] + wall_sweep['hours']:.2f} h of run "
         f"time summed over runs, {wall['span_minutes'] + wall_sweep['span_minutes']:.0f} minutes of wall-clock time on one "
         f"{wall['device']} (several runs at once).", "", *lines, "",
-        f"Findings (paired by seed, 95 % t interval, Holm-adjusted p < 0.05 over the {len(comps)} comparisons of the "
-        "book's chapter *Each init at its own learning rate*):", "", findings_markdown(comps)])
+        "Findings (paired by seed, 95 % t interval, Holm-adjusted p < 0.05 within each question's family; the "
+        "book's chapter *Statistical rules*):", "", findings_markdown(round1_inits(comps))])
 
 
 def update_readme_block(readme, log_dir, sweep_dir) -> bool:
