@@ -27,7 +27,9 @@ ATTENTION_QV = {"bert": ("query", "value"), "roberta": ("query", "value"), "mpne
 
 def qv_layers(model) -> list[str]:
     """Names of the model's query and value projections (the study's adapter targets), by architecture."""
-    kind = getattr(getattr(model, "config", None), "model_type", None)
+    # the model itself, or the transformer a wrapper holds (the bi-encoder's SentenceEncoder)
+    config = next((m.config for m in model.modules() if hasattr(m, "config")), None)
+    kind = getattr(config, "model_type", None)
     if kind not in ATTENTION_QV:
         raise UserError(f"no known query/value layer names for model type {kind!r}; "
                         f"valid: {', '.join(ATTENTION_QV)} (or give the config's targets explicitly)")
