@@ -25,7 +25,7 @@ DEFAULTS = dict(
     model=None, rank=8, alpha=16.0, dropout=0.1, targets=["query", "value"], head=["classifier", "pooler"],
     lr={"lora": 5e-4, "full": 5e-5}, epochs=3, batch_size=32, max_length=128, warmup_ratio=0.06, weight_decay=0.01,
     evals_per_epoch=4, max_train_examples=None, group_by_length=True, svd_method="full", niter=4,
-    precision="fp32", val_fraction=None, init_batches=None, rslora=False, dropout_mask="torch",
+    precision="fp32", val_fraction=None, init_batches=None, rslora=False, dropout_mask="torch", init_pull=0.0,
 )
 
 # Fields added after the round-1 grid: left out of the hash while they hold the value that round-1 runs
@@ -35,7 +35,9 @@ DEFAULTS = dict(
 #   init_batches  training batches the data-aware inits (lora.DATA_INITS) read; set for those methods only
 #   rslora        s = alpha/sqrt(r) instead of alpha/r
 #   dropout_mask  "torch" (nn.Dropout) or "int16" (lora.Int16Dropout: same distribution, cheaper random stream)
-LEGACY = dict(precision="fp32", val_fraction=None, init_batches=None, rslora=False, dropout_mask="torch")
+#   init_pull     a in the training loss's pull toward the init, a·Σ‖B − B₀‖²_F (0: none; adapters only)
+LEGACY = dict(precision="fp32", val_fraction=None, init_batches=None, rslora=False, dropout_mask="torch",
+              init_pull=0.0)
 DATA_INIT_BATCHES = 8
 
 PRESETS: dict[str, dict] = {
@@ -109,7 +111,10 @@ def make_config(task: str = "mrpc", method: str = "random", preset: str = "quick
         for k in ("rank", "alpha", "dropout", "targets", "svd_method", "niter", "init_batches"):
             cfg[k] = None
     cfg = validate_config(cfg)     # every field's type and range (harness/validate.py)
-    for k in ("lr", "alpha", "dropout", "warmup_ratio", "weight_decay"):
+    if method == "full" and cfg["init_pull"]:
+        raise UserError(f"invalid init_pull {cfg['init_pull']!r} for method 'full' (it pulls adapter factors toward "
+                        f"their init; full fine-tuning has none); valid: 0")
+    for k in ("lr", "alpha", "dropout", "warmup_ratio", "weight_decay", "init_pull"):
         if cfg[k] is not None:
             cfg[k] = float(cfg[k])
     return cfg

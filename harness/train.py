@@ -147,29 +147,34 @@ def full_ft_originals(model) -> dict[str, torch.Tensor]:
     return {n: model.get_submodule(n).weight.detach().clone() for n in qv_layers(model)}
 
 
-def run(cfg: dict, out_dir: str | os.PathLike = "logs/adhoc", data_dir: str | None = None,
-        hub_id: str = HUB_ID, device: str | None = None, progress: bool = True, save_factors: bool = True,
-        compact_factors: bool = False) -> dict:
-    """Train and evaluate one config; write ``<out_dir>/<run_id>.{safetensors,json}``; return the log.
+@dataclasses.dataclass
+class Prepared:
+    """What a run trains, before its first step: the model (adapters added, on the device, in train mode),
+    its tokenizer, the encoded splits, where the data came from, and for full fine-tuning the original q/v
+    weights (the analysis's ΔW) or for a data-aware init what its statistics cost."""
+    task: object
+    model: torch.nn.Module
+    tok: object
+    train_rows: list
+    dev_rows: list
+    val_rows: list | None
+    source: dict
+    val_info: dict | None
+    originals: dict
+    init_info: dict | None
 
-    ``save_factors=False`` writes no factors file (learning-rate sweeps need only the metrics);
-    ``compact_factors`` stores ΔW as its fp16 thin SVD (:func:`lora.save_delta_svd`, ~4× smaller)."""
-    if get_task(cfg["task"]).family == "bi":   # sentence-embedding tasks: harness/biencoder.py
-        from .biencoder import run as run_bi
-        return run_bi(cfg, out_dir, data_dir, hub_id, device, progress, save_factors, compact_factors)
-    t0 = time.time()
+
+def prepare(cfg: dict, data_dir: str | None = None, hub_id: str = HUB_ID, dev: torch.device | None = None) -> Prepared:
+    """Data → model (+ adapters, initialised as the config says) for ``cfg``, exactly as :func:`run` starts:
+    the same seeding, split and init, so the model is the one a run of ``cfg`` takes its first step from."""
+    dev = dev or torch.device("cpu")
     task = get_task(cfg["task"])
-    rid = run_id(cfg)
-    out = Path(out_dir)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    precision = cfg.get("precision") or "fp32"
     splits, source = load_task_data(task, data_dir, hub_id)
     train_ex, dev_ex, val_ex, val_info = splits["train"], splits["dev"], None, None
     if cfg.get("val_fraction"):        # protocol v2: choices are made on this split; dev is only reported
         train_ex, val_ex, val_info = split_validation(train_ex, task, cfg["val_fraction"])
     if cfg["max_train_examples"]:
         train_ex = train_ex[:cfg["max_train_examples"]]
-    out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg["seed"])
     model, tok = load_model_and_tokenizer(cfg["model"], task.num_labels, cfg["seed"],
                                           train_texts=[t for ex in train_ex for t in ex.texts])
@@ -187,6 +192,34 @@ def run(cfg: dict, out_dir: str | os.PathLike = "logs/adhoc", data_dir: str | No
                          cfg["batch_size"]), "seconds": round(time.time() - t_init, 3), "split": "train"}
         lora.add_lora(model, cfg["targets"], keep_trainable=cfg["head"], stats=stats, **adapter_kwargs(cfg))
     model.to(dev).train()
+    return Prepared(task, model, tok, train_rows, dev_rows, val_rows, source, val_info, originals, init_info)
+
+
+def init_pull_penalty(model, a: float) -> torch.Tensor:
+    """The seed project's pull toward the init, a·Σ‖B − B₀‖²_F over the adapted layers (B₀: the init's B).
+    Its Hessian in B is 2a·I: it adds 2a to every eigenvalue of the loss Hessian with respect to B."""
+    return a * sum(((m.lora_B - m.lora_B0) ** 2).sum() for m in lora.lora_layers(model).values())
+
+
+def run(cfg: dict, out_dir: str | os.PathLike = "logs/adhoc", data_dir: str | None = None,
+        hub_id: str = HUB_ID, device: str | None = None, progress: bool = True, save_factors: bool = True,
+        compact_factors: bool = False) -> dict:
+    """Train and evaluate one config; write ``<out_dir>/<run_id>.{safetensors,json}``; return the log.
+
+    ``save_factors=False`` writes no factors file (learning-rate sweeps need only the metrics);
+    ``compact_factors`` stores ΔW as its fp16 thin SVD (:func:`lora.save_delta_svd`, ~4× smaller)."""
+    if get_task(cfg["task"]).family == "bi":   # sentence-embedding tasks: harness/biencoder.py
+        from .biencoder import run as run_bi
+        return run_bi(cfg, out_dir, data_dir, hub_id, device, progress, save_factors, compact_factors)
+    t0 = time.time()
+    rid = run_id(cfg)
+    out = Path(out_dir)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    precision = cfg.get("precision") or "fp32"
+    out.mkdir(parents=True, exist_ok=True)
+    prep = prepare(cfg, data_dir, hub_id, dev)
+    task, model, tok, source, init_info = prep.task, prep.model, prep.tok, prep.source, prep.init_info
+    train_rows, dev_rows, val_rows, val_info = prep.train_rows, prep.dev_rows, prep.val_rows, prep.val_info
 
     params, optimizer = make_optimizer(model, cfg, dev)
     steps_per_epoch = math.ceil(len(train_rows) / cfg["batch_size"])
@@ -211,7 +244,8 @@ def run(cfg: dict, out_dir: str | os.PathLike = "logs/adhoc", data_dir: str | No
     def loss_of(idx):
         batch = {k: v.to(dev) for k, v in collate(tok, [train_rows[i] for i in idx]).items()}
         with autocast(precision, dev):
-            return model(**batch).loss
+            loss = model(**batch).loss
+        return loss + init_pull_penalty(model, cfg["init_pull"]) if cfg.get("init_pull") else loss
 
     def on_eval(step):
         history["evals"].append(evaluation(step))
@@ -227,7 +261,7 @@ def run(cfg: dict, out_dir: str | os.PathLike = "logs/adhoc", data_dir: str | No
     write_factors = status == "ok" and save_factors
     if write_factors:
         if cfg["method"] == "full":
-            deltas = full_ft_delta_factors(model, originals, FULL_FT_DELTA_RANK)
+            deltas = full_ft_delta_factors(model, prep.originals, FULL_FT_DELTA_RANK)
             factors = {n: (B, A) for n, (B, A, _) in deltas.items()}
             info = {n: {"energy_kept": e} for n, (_, _, e) in deltas.items()}
             if compact_factors:
