@@ -86,7 +86,7 @@ def coverage(spec_path) -> dict:
     except UserError:           # the final grid's lrs come from an unfinished sweep
         return None
     status = [run_status(c, out) for c in configs]
-    return {"logged": status.count("ok"), "failed": sum(s not in ("ok", "todo") for s in status),
+    return {"logged": status.count("done"), "failed": sum(s not in ("done", "todo") for s in status),
             "todo": status.count("todo"), "total": len(configs)}
 
 
