@@ -10,20 +10,23 @@ GRIDS ?= configs/sweep.yaml configs/quick.yaml configs/v2_sweep.yaml configs/v2.
         configs/bi_sweep.yaml configs/bi.yaml configs/base_pilot.yaml
 MATHJAX := book/_static/mathjax/tex-chtml.js
 
-.PHONY: study install install-ann lock install-base grid planted figures book test bench clean-book
+.PHONY: study install install-ann lock install-base results grid planted figures book test bench clean-book
 
-study: install install-base grid planted figures book
+study: install install-base grid planted results figures book
 	@echo "The book: book/_build/html/index.html. The notebooks: $(VENV)/bin/jupyter lab notebooks/"
 
 # The install is the lock: requirements.txt lists every package with its exact version and sha256 hashes
 # (made from pyproject.toml by `make lock`), installed as is (--no-deps: the lock is already the whole closure).
-# torch's CPU build comes from TORCH_INDEX: PyTorch's CPU index, or a directory that holds the same wheel.
+# torch's CPU build comes from TORCH_INDEX (PyTorch's CPU index, or a directory that holds the same wheel), first
+# and alone, so that no other package is looked up there.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_SOURCE = $(if $(wildcard $(TORCH_INDEX)),--find-links,--extra-index-url) $(TORCH_INDEX)
 install: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --require-hashes --no-deps $(TORCH_SOURCE) -r requirements.txt
+	awk '/^torch==/{t=1; print; next} t && /^ /{print; next} {t=0}' requirements.txt > $(VENV)/torch.txt
+	$(PY) -m pip install -q --require-hashes --no-deps $(TORCH_SOURCE) -r $(VENV)/torch.txt
+	$(PY) -m pip install -q --require-hashes --no-deps -r requirements.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
@@ -59,6 +62,26 @@ planted: install
 	pids=; for i in 0 1; do OMP_NUM_THREADS=1 GLUE_DIR=$(GLUE_DIR) $(PY) -m harness planted $(PLANTED_ARGS) \
 	  --shard $$i/2 & pids="$$pids $$!"; done; \
 	  for p in $$pids; do wait $$p || echo "planted: some cells failed or stopped; their logs say why"; done
+
+# The result files the book reads besides run logs, each made by one command.  Committed, so `make study` makes
+# one only when it is missing (delete a file to remake it).
+RESULTS := logs/capture/capture.json logs/bi_drift.json logs/base_zero_shot.json logs/curvature/curvature.json \
+           logs/benchmark_lora.json logs/benchmark_throughput.json logs/benchmark_inspect.json
+results: $(RESULTS)
+logs/capture/capture.json: | install
+	GLUE_DIR=$(GLUE_DIR) $(PY) -m harness.capture
+logs/bi_drift.json: | install
+	GLUE_DIR=$(GLUE_DIR) $(PY) -m harness.biencoder drift
+logs/base_zero_shot.json: | install-base
+	GLUE_DIR=$(GLUE_DIR) $(PY) -m harness.biencoder zero-shot
+logs/curvature/curvature.json: | install
+	$(PY) -m harness.curvature step0 --tasks mrpc cola --methods all --data-dir $(GLUE_DIR)
+logs/benchmark_lora.json: | install
+	$(PY) benchmarks/lora_speed_memory.py
+logs/benchmark_throughput.json: | install
+	GLUE_DIR=$(GLUE_DIR) $(PY) benchmarks/run_throughput.py
+logs/benchmark_inspect.json: | install
+	$(PY) benchmarks/inspect_7b.py
 
 # Figures and tables under figures/<grid>/, and README's generated blocks, are pure functions of logs/ (no
 # training): a rerun rewrites them byte for byte, so `git status` stays clean.  Every path is from the repo root.

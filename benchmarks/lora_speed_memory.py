@@ -58,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 
 import lora  # noqa: E402
 from harness.logs import write_json_atomic  # noqa: E402
-from harness.train import cpu_model  # noqa: E402
+from harness.steps import cpu_model  # noqa: E402
 
 BATCH, SEQ_LEN, RANK, ALPHA, DROPOUT = 32, 75, 8, 16.0, 0.1
 QV = ("query", "value")

@@ -107,7 +107,7 @@ LEVERS = {
 
 # ----------------------------------------------------------------------------- profile
 class Profile:
-    """Time spent in harness.train's functions during whole runs in this process (inclusive times;
+    """Time spent in harness.train's and harness.steps' functions during whole runs in this process (inclusive times;
     collate is counted only outside evaluation, which includes its own batches)."""
 
     SECTIONS = {"load_task_data": "data read", "load_model_and_tokenizer": "model + tokenizer load",
@@ -137,9 +137,10 @@ class Profile:
         return timed
 
     def __enter__(self):
+        import harness.steps as st
         import harness.train as tr
-        targets = [(tr, n) for n in ("load_task_data", "load_model_and_tokenizer", "encode", "evaluate",
-                                     "collate", "environment", "write_json_atomic")]
+        targets = [(tr, n) for n in ("load_model_and_tokenizer", "encode", "evaluate", "collate")]
+        targets += [(st, n) for n in ("load_task_data", "environment", "write_json_atomic")]
         targets += [(lora, "add_lora"), (lora, "save_lora"), (lora, "save_delta_svd"), (lora, "save_factors")]
         for mod, name in targets:
             orig = getattr(mod, name)
@@ -250,7 +251,8 @@ def bf16_probe(data_dir: str, threads: int, batch: int = 8, steps: int = 2) -> d
     from harness.data import load_task_data
     from harness.models import load_model_and_tokenizer
     from harness.tasks import get_task
-    from harness.train import autocast, collate, encode
+    from harness.steps import autocast
+    from harness.train import collate, encode
     torch.set_num_threads(threads)
     task = get_task("mrpc")
     splits, _ = load_task_data(task, data_dir)
@@ -382,7 +384,7 @@ def project(levers: dict, profiles: dict, args, workloads: dict) -> dict:
 
 def quick_workloads(args, n_train: int) -> dict:
     """The benchmark's own workload and the quick preset's full MRPC run (3 epochs, 4 dev evals/epoch)."""
-    from harness.train import eval_steps
+    from harness.steps import eval_steps
 
     def workload(n: int, epochs: int) -> dict:
         spe = math.ceil(n / 32)
@@ -437,7 +439,7 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     t_start = time.perf_counter()
     load_before = os.getloadavg()
-    from harness.train import cpu_model
+    from harness.steps import cpu_model
     log(f"torch {torch.__version__}, {cpu_model()} ({os.cpu_count()} cpus, capability "
         f"{torch.backends.cpu.get_cpu_capability()}, load avg {load_before[0]:.2f}); MRPC first {args.examples} "
         f"train examples, 1 epoch, {EVALS_PER_EPOCH} dev evals; {args.runs_per_worker} runs per worker")

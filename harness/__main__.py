@@ -150,7 +150,8 @@ def _text_file(path, flag: str, limit: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- commands
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The commands and their options."""
     ap = _Parser(prog="python -m harness", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     data = _Parser(add_help=False)
@@ -177,8 +178,14 @@ def main(argv=None) -> int:
     g.add_argument("--workers", type=int, help="runs at once, each in its own process (default: the spec's, else 1)")
     g.add_argument("--executor",
                    help="notebook: papermill executes notebooks/train.ipynb per run (the record of each run); "
-                        "process: call the training function directly (no kernel start-up). Default: the spec's, else notebook")
+                        "process: call the training function directly (no kernel start-up; with N GPUs, worker i "
+                        "gets GPU i mod N); ray: each run a Ray task on the cluster at $RAY_ADDRESS, else on a "
+                        "local instance of workers x threads CPUs. Default: the spec's, else notebook")
     g.add_argument("--threads", type=int, help="torch threads per worker (default: CPU count / workers)")
+    g.add_argument("--gpus-per-run", type=float,
+                   help="ray: GPUs each run reserves (0.25 packs four runs on a card; default: the spec's, else 0)")
+    g.add_argument("--allow-dirty", action="store_true",
+                   help="start even if lora/, harness/, configs/ ... differ from the commit (logs say git_dirty)")
 
     s = sub.add_parser("status", parents=[large], help="list a grid's runs: done, failed, todo, corrupt")
     s.add_argument("spec", help="e.g. configs/quick.yaml" + FROM_ROOT)
@@ -201,26 +208,28 @@ def main(argv=None) -> int:
     pl = sub.add_parser("planted", parents=[data], help="planted-update experiment: recover a known ΔW* "
                                                          "with each init (harness/planted.py)")
     pl.add_argument("--out", default="logs/planted", help="default: %(default)s" + FROM_ROOT)
-    pl.add_argument("--model", default="bundled:all-MiniLM-L6-v2")
-    pl.add_argument("--subspaces", nargs="+", default=["top", "bottom", "random"])
+    from .presets import PLANTED
+    for key, (default, what) in PLANTED.items():      # one option per setting, from the settings table
+        if key == "targets":
+            continue
+        opt, kind = "--" + key.replace("_", "-"), type(default[0] if isinstance(default, list) else default)
+        if key == "layers":
+            pl.add_argument(opt, nargs="+", type=int, help=what)
+        else:
+            pl.add_argument(opt, nargs="+" if isinstance(default, list) else None, type=kind, default=default,
+                            help=f"{what} (default: %(default)s)")
     pl.add_argument("--inits", nargs="+", help="default: random svd svd_minor lora_fa lora_fa_svd olora "
                                                "(those lora has)")
     pl.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    pl.add_argument("--steps", type=int, default=1000)
-    pl.add_argument("--lrs", nargs="+", type=float, default=[3e-4, 1e-3, 3e-3],
-                    help="each init's lr is the one with the lowest held-out MSE")
-    pl.add_argument("--rank", type=int, default=8)
-    pl.add_argument("--k", type=int, default=4, help="rank of the planted ΔW*")
-    pl.add_argument("--scale", type=float, default=0.5, help="c in σ = c·‖W‖₂·linspace(1, 0.4, k)")
-    pl.add_argument("--eval-every", type=int, default=50)
-    pl.add_argument("--batch-size", type=int, default=32)
-    pl.add_argument("--max-length", type=int, default=64, help="tokens per sentence (batches trimmed to their longest)")
-    pl.add_argument("--layers", nargs="+", type=int, help="encoder layers that get ΔW* and the adapters (default: all); "
-                                                          "the layers below the first are run once per batch, not per step")
-    pl.add_argument("--n-heldout", type=int, default=512)
+    pl.add_argument("--subspaces", nargs="+", default=["top", "bottom", "random"])
     pl.add_argument("--shard", default="0/1", metavar="I/N",
                     help="run every N-th config from the I-th (N processes can share one GPU)")
 
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = _parser()
     try:
         args = ap.parse_args(argv)
     except _ArgError as e:
@@ -270,7 +279,8 @@ def _dispatch(args, created: list) -> int:
                       created)
         _check_device(args.device)
         result = run_grid(spec, args.data_dir, args.device, args.retry_failed, args.kernel,
-                          out_dir=args.out_dir, workers=args.workers, executor=args.executor, threads=args.threads)
+                          out_dir=args.out_dir, workers=args.workers, executor=args.executor, threads=args.threads,
+                          gpus_per_run=args.gpus_per_run, allow_dirty=args.allow_dirty)
         failed = [k for k, v in result.items() if v != "done"]
         print(f"{len(result) - len(failed)} done, {len(failed)} failed")
         return 1 if failed else 0
@@ -392,11 +402,10 @@ def _planted(args, created: list) -> int:
     _writable_dir(args.out, "--out", created)
     _check_device(args.device)
     from .planted import run_planted
+    from .presets import PLANTED
+    settings = {k: getattr(args, k) for k in PLANTED if hasattr(args, k)}
     result = run_planted(args.out, args.subspaces, args.inits, args.seeds, args.data_dir, args.device,
-                         model=args.model, steps=args.steps, lrs=args.lrs, rank=args.rank, k=args.k,
-                         scale=args.scale, eval_every=args.eval_every, batch_size=args.batch_size,
-                         max_length=args.max_length, layers=args.layers,
-                         n_heldout=args.n_heldout, shard=shard)
+                         shard=shard, **settings)
     failed = [k for k, v in result.items() if v == "failed"]
     print(f"{len(result) - len(failed)} done or skipped, {len(failed)} failed")
     return 1 if failed else 0

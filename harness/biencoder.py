@@ -29,6 +29,7 @@ bi-stsb: Spearman and Pearson of the cosine against the score (scipy).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import time
@@ -41,20 +42,17 @@ import torch.nn.functional as F
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import roc_auc_score
 from torch import nn
-from tqdm import tqdm
 
 import lora
 
-from .config import adapter_kwargs, config_hash, run_id
-from .data import HUB_ID, load_task_data, split_validation
+from .config import adapter_kwargs
+from .data import load_task_data, split_validation
 from .models import load_model_and_tokenizer
-from .tasks import BI_TASKS, TASKS, BiTask, UserError, get_task
-from .train import (FULL_FT_DELTA_RANK, _to_cpu, autocast, eval_steps, full_ft_delta_factors, full_ft_originals, train_steps, finish_log, make_optimizer,
-                    linear_schedule, seed_everything, train_batches)
+from .tasks import TASKS, BiTask, UserError, get_task
+from .steps import autocast, seed_everything
 
 RETRIEVAL_K = 10
 HNSW = dict(M=16, ef_construction=200, ef=100)
-PRECISIONS = ("fp32", "bf16")
 
 
 # ---------------------------------------------------------------------------------------- model
@@ -220,148 +218,102 @@ def evaluate(model, tok, es: EvalSet, bt: BiTask, device, precision: str, index:
     return m, E
 
 
-def write_factors(model, cfg: dict, originals: dict, path: Path, compact: bool) -> None:
-    """As :func:`harness.train.run`: the adapters, or the top SVD factors of a full fine-tuning ΔW."""
-    if cfg["method"] == "full":
-        deltas = full_ft_delta_factors(model, originals, FULL_FT_DELTA_RANK)
-        factors = {n: (B, A) for n, (B, A, _) in deltas.items()}
-        info = {n: {"energy_kept": e} for n, (_, _, e) in deltas.items()}
-        (lora.save_delta_svd if compact else lora.save_factors)(path, factors, init="full", info=info)
-    elif compact:
-        lora.save_delta_svd(path, model.cpu())
-    else:
-        lora.save_lora(model.cpu(), path)
+@dataclasses.dataclass
+class BiData:
+    """A bi-encoder run's encoded data: both sides of each training pair tokenised, their targets, the dev and
+    validation evaluation sets, and the retrieval index in use."""
+    tok: object
+    task: BiTask
+    a: list
+    b: list
+    targets: torch.Tensor
+    dev: EvalSet
+    val: EvalSet | None
+    index: str
+    n_dev: int
+    device: torch.device
 
+    n_train = property(lambda self: len(self.a))
+    lengths = property(lambda self: [len(x["input_ids"]) + len(y["input_ids"]) for x, y in zip(self.a, self.b)])
 
-def run(cfg: dict, out_dir: str | os.PathLike = "logs/adhoc", data_dir: str | None = None,
-        hub_id: str = HUB_ID, device: str | None = None, progress: bool = True, save_factors: bool = True,
-        compact_factors: bool = False) -> dict:
-    """Train and evaluate one bi-encoder config; write ``<out_dir>/<run_id>.{safetensors,json}``; return the log.
-
-    As :func:`harness.train.run` (AdamW, linear warmup/decay, evals from step 0, the same validation
-    split, precision and data-aware init batches).  No head: ``cfg["head"]`` does not apply; LoRA trains
-    only the adapters, ``full`` the whole transformer.
-    """
-    t0 = time.time()
-    bt = get_task(cfg["task"])
-    if not isinstance(bt, BiTask):
-        raise UserError(f"task {cfg['task']!r} is not a bi-encoder task; valid: {', '.join(BI_TASKS)}")
-    precision = cfg.get("precision") or "fp32"
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-    base = TASKS[bt.pair_task]
-    rid, out = run_id(cfg), Path(out_dir)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    splits, source = load_task_data(base, data_dir, hub_id)
-    for split, exs in splits.items():
-        check_labels(bt, exs, _where(source, base, split))
-    train_ex, dev_ex, val_ex, val_info = splits["train"], splits["dev"], None, None
-    if cfg.get("val_fraction"):    # carved from the full train split before max_train_examples applies
-        train_ex, val_ex, val_info = split_validation(train_ex, base, cfg["val_fraction"])
-    if cfg["max_train_examples"]:
-        train_ex = train_ex[:cfg["max_train_examples"]]
-    out.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg["seed"])
-    model, tok = load_encoder(cfg["model"], cfg["seed"], train_texts=[t for ex in train_ex for t in ex.texts])
-    L, bs = cfg["max_length"], cfg["batch_size"]
-    ra, rb = tokenize(tok, [ex.texts[0] for ex in train_ex], L), tokenize(tok, [ex.texts[1] for ex in train_ex], L)
-    targets = torch.tensor([ex.label / bt.label_scale for ex in train_ex], dtype=torch.float32)
-    dev_set = make_evalset(tok, dev_ex, L)
-    val_set = make_evalset(tok, val_ex, L) if val_ex else None
-    index = "hnsw" if hnsw_available() else "exact"
-
-    def pairs(idx, labels: bool = True) -> dict:
+    def batch(self, idx, labels: bool = True) -> dict:
         """Both sides of the pairs ``idx`` as ONE padded batch of 2B sentences (mean pooling ignores padding)."""
-        feats = tok.pad([ra[i] for i in idx] + [rb[i] for i in idx], return_tensors="pt")
-        return {k: v.to(dev) for k, v in feats.items()} | ({"labels": targets[idx].to(dev)} if labels else {})
+        feats = self.tok.pad([self.a[i] for i in idx] + [self.b[i] for i in idx], return_tensors="pt")
+        return ({k: v.to(self.device) for k, v in feats.items()}
+                | ({"labels": self.targets[idx].to(self.device)} if labels else {}))
 
-    def pair_loss(model, batch) -> torch.Tensor:
-        with autocast(precision, dev):
-            u, v = model(**{k: t for k, t in batch.items() if k != "labels"}).split(len(batch["labels"]))
-        return cosine_mse(u, v, batch["labels"])
 
-    originals, init_info = {}, None
-    if cfg["method"] == "full":
-        originals = full_ft_originals(model)
-    else:
-        stats = None
-        if cfg["method"] in lora.DATA_INITS:   # as harness.train.init_batches: a seeded shuffle of train only
-            t_init, needs = time.time(), lora.DATA_INITS[cfg["method"]]
-            order = torch.randperm(len(ra), generator=torch.Generator().manual_seed(10_000 + cfg["seed"])).tolist()
-            batches = [pairs(order[b * bs:(b + 1) * bs], "grad" in needs)
-                       for b in range(min(cfg["init_batches"], math.ceil(len(ra) / bs)))]
-            stats = lora.collect_layer_stats(model.to(dev), cfg["targets"], batches, needs=needs, loss_fn=pair_loss)
-            stats = {n: _to_cpu(st) for n, st in stats.items()}
-            model.cpu()
-            init_info = {"batches": len(batches), "examples": sum(len(b["input_ids"]) // 2 for b in batches),
-                         "seconds": round(time.time() - t_init, 3), "split": "train"}
-        lora.add_lora(model, cfg["targets"], stats=stats, **adapter_kwargs(cfg))
-    model.to(dev).train()
+def pair_loss(model, batch, precision: str, device) -> torch.Tensor:
+    """The cosine-similarity loss of a batch of pairs (:func:`cosine_mse`)."""
+    with autocast(precision, device):
+        u, v = model(**{k: t for k, t in batch.items() if k != "labels"}).split(len(batch["labels"]))
+    return cosine_mse(u, v, batch["labels"])
 
-    params, optimizer = make_optimizer(model, cfg, dev)
-    steps_per_epoch = math.ceil(len(train_ex) / bs)
-    total = steps_per_epoch * cfg["epochs"]
-    warmup = max(1, round(cfg["warmup_ratio"] * total))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_schedule(s, warmup, total))
-    when = eval_steps(steps_per_epoch, cfg["epochs"], cfg["evals_per_epoch"])
-    eval_bs = 256 if dev.type == "cuda" else 64
-    history = {"train_loss": [], "evals": []}
 
-    def eval_point(step: int) -> np.ndarray:
-        """Dev metrics at the top level, validation metrics under "val"; returns the dev embeddings."""
-        m, E = evaluate(model, tok, dev_set, bt, dev, precision, index, eval_bs)
-        if val_set is not None:
-            m["val"] = evaluate(model, tok, val_set, bt, dev, precision, index, eval_bs)[0]
-        history["evals"].append({"step": step, "epoch": round(step / steps_per_epoch, 4), **m})
-        return E
+class BiEncoder:
+    """The model is the preset's transformer → mean pooling → L2 normalisation (no head: LoRA trains only the
+    adapters, ``full`` the whole transformer); the loss is cosine-MSE on the pair's label scaled to [0, 1]; an
+    evaluation is the pair metrics (and retrieval on MRPC) of the dev or validation sentences' embeddings, which
+    it also hands back, so that the log records how far training moved them (``embedding_shift``)."""
+    name = "bi"
 
-    gen = torch.Generator().manual_seed(cfg["seed"])
-    lengths = [len(x["input_ids"]) + len(y["input_ids"]) for x, y in zip(ra, rb)]
-    E0 = E_last = eval_point(0)
-    def on_eval(step):
-        nonlocal E_last
-        E_last = eval_point(step)
-        return {bt.main_metric: f"{history['evals'][-1][bt.main_metric]:.3f}"}
+    def data_task(self, task):
+        return TASKS[task.pair_task]
 
-    bar = tqdm(total=total, desc=rid, disable=not progress, mininterval=5, dynamic_ncols=True)
-    status, reason, step = train_steps(
-        lambda idx: pair_loss(model, pairs(idx)), lambda: train_batches(lengths, bs, gen, cfg["group_by_length"]),
-        cfg["epochs"], optimizer, scheduler, when, on_eval, history, bar)
-    bar.close()
+    def check(self, task, splits, source) -> None:
+        for split, exs in splits.items():
+            check_labels(task, exs, _where(source, TASKS[task.pair_task], split))
 
-    factors_file = out / f"{rid}.safetensors"
-    if status == "ok" and save_factors:
-        write_factors(model, cfg, originals, factors_file, compact_factors)
-    evals, main = history["evals"], bt.main_metric
-    finite = lambda e: e[main] if e[main] is not None and math.isfinite(e[main]) else -math.inf
-    log = {
-        "run_id": rid, "status": status, "reason": reason, "config": cfg, "config_hash": config_hash(cfg),
-        "task": {"name": bt.name, "family": "bi", "main_metric": main, "metrics": list(bt.metrics),
-                 "pair_task": bt.pair_task, "loss": bt.loss, "label_scale": bt.label_scale,
-                 "pooling": "mean", "normalize": True, "precision": precision,
-                 "majority_baseline": {"roc_auc": 0.5} if bt.retrieval else {},   # a constant score
-                 **({"retrieval_index": index, "retrieval_k": RETRIEVAL_K,
-                     "hnsw": HNSW if index == "hnsw" else None} if bt.retrieval else {})},
-        "data": {**source, "n_train": len(train_ex), "n_dev": len(dev_ex), "n_dev_sentences": len(dev_set.rows),
-                 **({"n_dev_queries": len(dev_set.queries)} if bt.retrieval else {}),
-                 **({"validation": val_info} if val_info else {})},
-        "steps": step, "steps_per_epoch": steps_per_epoch,
-        "history": history,
-        "final": dict(evals[-1]),
-        "best": max(evals, key=finite),
+    def build(self, cfg, task, train_ex):
+        return load_encoder(cfg["model"], cfg["seed"], train_texts=[t for ex in train_ex for t in ex.texts])
+
+    def encode(self, tok, cfg, task, train_ex, dev_ex, val_ex, device) -> BiData:
+        L = cfg["max_length"]
+        return BiData(tok, task, tokenize(tok, [ex.texts[0] for ex in train_ex], L),
+                      tokenize(tok, [ex.texts[1] for ex in train_ex], L),
+                      torch.tensor([ex.label / task.label_scale for ex in train_ex], dtype=torch.float32),
+                      make_evalset(tok, dev_ex, L), make_evalset(tok, val_ex, L) if val_ex else None,
+                      "hnsw" if hnsw_available() else "exact", len(dev_ex), device)
+
+    def keep_trainable(self, cfg):
+        return ()
+
+    def loss(self, model, batch, precision, device):
+        return pair_loss(model, batch, precision, device)
+
+    def stats_loss(self, precision, device):
+        return lambda model, batch: pair_loss(model, batch, precision, device)
+
+    def init_labels(self, needs) -> bool:
+        return "grad" in needs
+
+    def evaluate(self, model, data: BiData, split, device, precision, batch_size):
+        return evaluate(model, data.tok, getattr(data, split), data.task, device, precision, data.index, batch_size)
+
+    def task_log(self, task, data: BiData, precision) -> dict:
+        return {"name": task.name, "family": "bi", "main_metric": task.main_metric, "metrics": list(task.metrics),
+                "pair_task": task.pair_task, "loss": task.loss, "label_scale": task.label_scale,
+                "pooling": "mean", "normalize": True, "precision": precision,
+                "majority_baseline": {"roc_auc": 0.5} if task.retrieval else {},   # a constant score
+                **({"retrieval_index": data.index, "retrieval_k": RETRIEVAL_K,
+                    "hnsw": HNSW if data.index == "hnsw" else None} if task.retrieval else {})}
+
+    def data_log(self, data: BiData) -> dict:
+        return {"n_dev_sentences": len(data.dev.rows),
+                **({"n_dev_queries": len(data.dev.queries)} if data.task.retrieval else {})}
+
+    def extra_log(self, first, last) -> dict:
         # mean cosine between the step-0 and the last evaluation's unit embeddings of the distinct dev sentences
-        "embedding_shift": float(np.mean(np.sum(E0 * E_last, axis=1))),
-        "factors_file": factors_file.name if status == "ok" and save_factors else None,
-    }
-    return finish_log(log, out, t0, dev, params, model, init_info)
+        return {"embedding_shift": float(np.mean(np.sum(first * last, axis=1)))}
 
 
 # ------------------------------------------------------------------- drift from the pretrained space
-from .capture import STEP0_CHANGED as STEP0_CHANGING   # noqa: E402  inits that add s·B₀A₀ on top of W
+STEP0_CHANGING = lora.init_names(changes_model=True)     # inits that add s·B₀A₀ on top of W
 
 
 def _rebuild_encoder(cfg: dict, data_dir):
-    """(encoder, tokenizer, dev examples) exactly as :func:`run` starts them (seed, tokenizer texts), no adapters."""
+    """(encoder, tokenizer, dev examples) exactly as a run of ``cfg`` starts them (:func:`harness.steps.prepare`:
+    seed, tokenizer texts), no adapters."""
     base = TASKS[get_task(cfg["task"]).pair_task]
     splits, _ = load_task_data(base, data_dir)
     train_ex = splits["train"]

@@ -44,7 +44,8 @@ from .data import load_task_data, split_validation
 from .logs import write_json_atomic
 from .models import load_model_and_tokenizer
 from .tasks import get_task
-from .train import encode, init_batches, seed_everything
+from .steps import seed_everything
+from .train import encode, init_batches
 
 ROUND1 = lora.init_names(study="round1")
 NEW = lora.init_names(study="families")
@@ -143,7 +144,7 @@ def capture_one(task: str, seed: int, data_dir, inits=INITS, run_lrs: dict | Non
             "examples": sum(len(b["labels"]) for b in batches)}
 
 
-def selected_lrs(tasks) -> dict:
+def run_lrs(tasks) -> dict:
     """{(task, init): lr} the runs used (validation-selected on v2_sweep / inits_sweep)."""
     from .logs import read_logs
     from .protocol import select_lr
@@ -154,7 +155,7 @@ def selected_lrs(tasks) -> dict:
 def compute_capture(out_path, tasks=("mrpc", "cola"), seeds=(0, 1, 2), data_dir=None, inits=INITS) -> dict:
     """Capture of every (task, init, seed); written atomically to ``out_path`` with provenance; returned."""
     t0 = time.time()
-    lrs = selected_lrs(tasks)
+    lrs = run_lrs(tasks)
     parts = [capture_one(task, seed, data_dir, inits, lrs) for task in tasks for seed in seeds]
     cfg = make_config(tasks[0], "eva", "v2", seed=seeds[0])
     result = {

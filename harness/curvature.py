@@ -195,7 +195,7 @@ def loss_terms(model, batches: list[dict], init_pull: float = 0.0) -> list:
         def f():
             loss = model(**b).loss * (len(b["labels"]) / N)
             if first and init_pull:
-                from .train import init_pull_penalty
+                from .steps import init_pull_penalty
                 loss = loss + init_pull_penalty(model, init_pull)
             return loss
         return f
@@ -397,8 +397,8 @@ def train_snapshots(task: str, method: str, snap_dir=SNAPSHOT_DIR, fractions=ALO
     from safetensors.torch import save_file
 
     from .config import run_id
-    from .train import collate, evaluate, init_pull_penalty, linear_schedule, make_optimizer, train_batches, \
-        train_steps
+    from .steps import init_pull_penalty, linear_schedule, make_optimizer, train_batches, train_steps
+    from .train import collate, evaluate
     cfg, prep, rec = model_for(task, method, data_dir, "float32")
     model, tok, rows = prep.model, prep.tok, prep.train_rows
     prep.model.train()
@@ -528,11 +528,9 @@ def _methods(names: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def main(argv=None) -> int:
+def _parser():
+    """``python -m harness.curvature``'s options: step0, train (snapshots) and along."""
     import argparse
-
-    from .paths import at_repo_root, resolve
-    from .tasks import UserError
 
     class Parser(argparse.ArgumentParser):
         def error(self, message):          # one line, like every harness command's errors
@@ -563,7 +561,14 @@ def main(argv=None) -> int:
     pa.add_argument("--snapshots", default=str(SNAPSHOT_DIR), help=f"default {SNAPSHOT_DIR}")
     pa.add_argument("--parts", nargs="+", default=["lambda", "precond"], choices=PARTS)
     pa.add_argument("--k", type=int, default=SETTINGS["k"], help=f"default {SETTINGS['k']}")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    from .paths import at_repo_root, resolve
+    from .tasks import UserError
+
+    args = _parser().parse_args(argv)
     t_start = time.time()
     try:
         from .tasks import get_task

@@ -32,8 +32,9 @@ from tqdm import tqdm
 
 from .config import config_hash, make_config, run_id
 from .logs import CorruptLogs, read_log, write_json_atomic
-from .paths import resolve
 from .lock import GridLock
+from .paths import resolve
+from .provenance import refuse_dirty
 from .tasks import UserError
 from .validate import EXECUTORS, SPEC_KEYS, load_spec  # noqa: F401  (load_spec: harness.grid's API too)
 
@@ -312,11 +313,45 @@ def _quiet_papermill() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def _worker_init(threads: int | None):
+def _worker_init(threads: int | None, gpu_slots=None):
     signal.signal(signal.SIGTERM, _worker_signal)
     signal.signal(signal.SIGINT, _worker_signal)     # Ctrl-C reaches the whole process group
     if threads:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    if gpu_slots is not None:       # before anything touches CUDA in this (spawned) process
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_slots.get()
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (indices or UUIDs); [] without CUDA."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    import torch
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def gpu_assignment(workers: int, gpus: list[str]) -> list[str] | None:
+    """Worker i's GPU: ``gpus[i mod N]`` (several workers share a GPU when there are more workers than GPUs);
+    None without GPUs."""
+    return [gpus[i % len(gpus)] for i in range(workers)] if gpus else None
+
+
+def _worker_pool(workers: int, threads: int | None, device: str | None):
+    """The spawn process pool of a grid: ``threads`` torch threads per worker and, unless ``device`` pins the
+    runs (cpu, cuda:K), one of the visible GPUs per worker (:func:`gpu_assignment`)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    ctx = mp.get_context("spawn")
+    slots = None
+    if device in (None, "cuda"):
+        gpus = gpu_assignment(workers, visible_gpus())
+        if gpus:
+            slots = ctx.Queue()
+            for g in gpus:
+                slots.put(g)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                               initargs=(threads, slots))
 
 
 MAX_WORKERS = MAX_THREADS = 1024
@@ -330,15 +365,19 @@ def _count(name: str, value, hi: int) -> int:
 
 def run_grid(spec: dict, data_dir: str | None = None, device: str | None = None, retry_failed: bool = False,
              kernel: str = "python3", progress: bool = True, out_dir: str | None = None,
-             workers: int | None = None, executor: str | None = None, threads: int | None = None) -> dict[str, str]:
+             workers: int | None = None, executor: str | None = None, threads: int | None = None,
+             gpus_per_run: float | None = None, allow_dirty: bool = False) -> dict[str, str]:
     """Run every config of ``spec`` that has no log yet; return {run_id: status}.
 
     ``workers`` runs that many configs at once, each in its own process with ``threads`` torch threads
     (default: the CPU count divided among the workers); the grid process alone decides what runs, so two
     workers never take the same config.  ``executor``: ``notebook`` (papermill executes
-    notebooks/train.ipynb into ``<run_id>.ipynb``) or ``process`` (calls :func:`harness.train.run` in the
-    worker: no kernel start-up, no executed notebook).  Both write the same log.  Spec keys ``workers``,
-    ``executor``, ``save_factors``, ``compact_factors`` give the defaults.  A grid with ``extend_lr_edges``
+    notebooks/train.ipynb into ``<run_id>.ipynb``), ``process`` (calls :func:`harness.train.run` in the
+    worker: no kernel start-up, no executed notebook; with N GPUs visible, worker i gets GPU i mod N) or ``ray``
+    (each config a Ray task, on the cluster at $RAY_ADDRESS or a local instance of ``workers`` × ``threads``
+    CPUs: :func:`_run_todo_ray`).  All write the same log.  Spec keys ``workers``, ``executor``,
+    ``gpus_per_run``, ``save_factors``, ``compact_factors`` give the defaults.  The run-side code must be
+    committed (:func:`harness.provenance.refuse_dirty`) unless ``allow_dirty``.  A grid with ``extend_lr_edges``
     keeps expanding until no new config appears.
 
     Before the output directory is made, everything is checked: the options, the kernel, and the logs already
@@ -347,16 +386,8 @@ def run_grid(spec: dict, data_dir: str | None = None, device: str | None = None,
     log the runs in flight as interrupted and raise :class:`Interrupted` (its ``message`` says what is left).
     """
     out = grid_out_dir(spec, out_dir)
-    workers = _count("workers", spec.get("workers", 1) if workers is None else workers, MAX_WORKERS)
-    executor = executor or spec.get("executor") or "notebook"
-    if executor not in EXECUTORS:
-        raise UserError(f"unknown executor {str(executor)[:80]!r}; valid: {', '.join(EXECUTORS)}")
-    if threads is not None:
-        _count("threads", threads, MAX_THREADS)
-    elif workers > 1:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-    if executor == "notebook":
-        check_kernel(kernel)
+    workers, executor, threads, gpus_per_run = _grid_options(spec, workers, executor, threads, gpus_per_run, kernel)
+    refuse_dirty(allow_dirty)
     data_dir = data_dir or os.environ.get("GLUE_DIR")   # the notebook runs in ROOT: pass an absolute path
     if data_dir:
         data_dir = os.path.abspath(os.path.expanduser(data_dir))
@@ -391,7 +422,14 @@ def run_grid(spec: dict, data_dir: str | None = None, device: str | None = None,
                 if not todo:
                     break
                 first = False
-                _run_todo(todo, out, data_dir, device, executor, kernel, options, workers, threads, progress, result)
+                if executor == "ray":
+                    _run_todo_ray(todo, out, data_dir, device, options, workers, threads or 1, gpus_per_run,
+                                  progress, result)
+                else:
+                    _run_todo(todo, out, data_dir, device, executor, kernel, options, workers, threads, progress,
+                              result)
+            for tmp in [*out.glob(".*.tmp"), *out.glob("*.tmp")]:
+                _salvage_or_remove(tmp, out)        # of a run killed and retried elsewhere (Ray): never a log
     except (KeyboardInterrupt, Interrupted) as e:
         signum = getattr(e, "signum", signal.SIGINT)
         left = sum(1 for c in expand(spec, out) if run_status(c, out) in ("todo", "corrupt"))
@@ -402,6 +440,27 @@ def run_grid(spec: dict, data_dir: str | None = None, device: str | None = None,
             signal.signal(s, handler)
         _SIGNALS.clear()
     return result
+
+
+def _grid_options(spec: dict, workers, executor, threads, gpus_per_run, kernel: str) -> tuple:
+    """(workers, executor, threads, gpus_per_run): the arguments, else the spec's values, else the defaults,
+    each checked (a UserError naming the bad value and the valid ones); the executor's needs checked too."""
+    workers = _count("workers", spec.get("workers", 1) if workers is None else workers, MAX_WORKERS)
+    executor = executor or spec.get("executor") or "notebook"
+    if executor not in EXECUTORS:
+        raise UserError(f"unknown executor {str(executor)[:80]!r}; valid: {', '.join(EXECUTORS)}")
+    if threads is not None:
+        _count("threads", threads, MAX_THREADS)
+    elif workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+    gpus_per_run = float(spec.get("gpus_per_run", 0) if gpus_per_run is None else gpus_per_run)
+    if not 0 <= gpus_per_run <= 64:
+        raise UserError(f"invalid gpus_per_run {gpus_per_run:g}; valid: a number from 0 to 64 (0.25: four runs a GPU)")
+    if executor == "notebook":
+        check_kernel(kernel)
+    elif executor == "ray":
+        _check_ray()
+    return workers, executor, threads, gpus_per_run
 
 
 def _refuse_corrupt(configs: list[dict], out: Path, status: dict | None = None) -> None:
@@ -446,11 +505,9 @@ def _run_todo(todo, out, data_dir, device, executor, kernel, options, workers, t
         finally:
             bar.close()         # ends the bar's line, so that what follows starts on its own
         return
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, wait
     from concurrent.futures.process import BrokenProcessPool
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                               initializer=_worker_init, initargs=(threads,))
+    pool = _worker_pool(workers, threads, device)
     pending = {pool.submit(_execute, c, str(out), data_dir, device, executor, kernel, options, threads): c
                for c in todo}
     try:
@@ -476,6 +533,105 @@ def _run_todo(todo, out, data_dir, device, executor, kernel, options, workers, t
                 if proc.is_alive():
                     proc.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+RAY_RETRIES = 2     # a run whose Ray worker dies (killed, node lost) is run again this many times, then logged failed
+
+
+def _check_ray() -> None:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise UserError("executor 'ray' needs Ray: pip install 'ray>=2.40' (or the project's [ray] extra); "
+                        "valid executors without it: notebook, process") from None
+
+
+def _ray_execute(cfg: dict, out: str, data_dir: str | None, device: str | None, options: dict, threads: int) -> str:
+    """One config in a Ray worker: :func:`_execute` with the process executor (its log written by the worker,
+    atomically, into the shared output directory)."""
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    return _execute(cfg, out, data_dir, device, "process", "", options, threads)
+
+
+def _run_todo_ray(todo, out, data_dir, device, options, workers, threads, gpus_per_run, progress, result):
+    """Each config a Ray task asking ``threads`` CPUs and ``gpus_per_run`` GPUs, in a fresh worker process (so a
+    run's CUDA device and peak memory are its own); the driver (this process, which holds the grid's lock)
+    decides what runs and waits.  The cluster: $RAY_ADDRESS if set (its workers get the driver's HF_*,
+    TRANSFORMERS_* and HARNESS_* variables and commit), else a local instance of ``workers`` × ``threads`` CPUs
+    and the visible GPUs, shut down at the end.  A task whose worker dies is retried (:data:`RAY_RETRIES`),
+    then logged failed; an interrupt cancels the tasks, waits for them to end, and logs every config left
+    without a log as interrupted.  Logs are written by the tasks: on several machines ``out`` must be on a
+    shared filesystem."""
+    import ray
+    if device is not None and device.startswith("cuda") and (device != "cuda" or gpus_per_run == 0):
+        raise UserError(f"device {device!r} with executor 'ray': Ray gives each run its GPU; valid: --gpus-per-run "
+                        f"N (a fraction packs runs on a card) and no --device, or --device cpu")
+    started = False
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            from .provenance import code_state
+            code = code_state()
+            env = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "TRANSFORMERS_", "HARNESS_"))}
+            env.update(HARNESS_GIT_COMMIT=code["git_commit"] or "", HARNESS_GIT_DIRTY="1" if code["git_dirty"] else "0")
+            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False, configure_logging=False,
+                     runtime_env={"env_vars": env})
+        else:
+            ray.init(num_cpus=workers * threads, num_gpus=len(visible_gpus()) if device != "cpu" else 0,
+                     include_dashboard=False, log_to_driver=False, configure_logging=False,
+                     object_store_memory=100 * 2**20)
+            started = True
+    try:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGTERM, signal.SIGINT):     # ray.init installs its own SIGTERM handler
+                signal.signal(s, _stop_signal)
+        _check_ray_resources(ray, threads, gpus_per_run)
+        if gpus_per_run == 0:
+            device = "cpu"          # a task without a GPU reservation must not take one
+        task = ray.remote(num_cpus=threads, num_gpus=gpus_per_run, max_retries=RAY_RETRIES, retry_exceptions=False,
+                          max_calls=1)(_ray_execute)
+        todo = sorted(todo, key=lambda c: -c["epochs"])      # longest first, as the process pool does
+        pending = {task.options(name=run_id(c)).remote(c, str(out), data_dir, device, options, threads): c
+                   for c in todo}
+        bar = tqdm(total=len(todo), desc=f"grid {out.name} (ray)", disable=not progress, dynamic_ncols=True)
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)   # a timeout: signals reach the driver
+                for ref in done:
+                    cfg = pending.pop(ref)
+                    try:
+                        result[run_id(cfg)] = ray.get(ref)
+                    except ray.exceptions.RayError as e:     # its worker died RAY_RETRIES + 1 times, or Ray failed
+                        if _own_log(cfg, out) is None:
+                            write_json_atomic(out / f"{run_id(cfg)}.json", failure_log(
+                                cfg, f"Ray: {type(e).__name__}: {_last_line(e)}", 0.0))
+                        result[run_id(cfg)] = "failed"
+                    tqdm.write(_summary(_own_log(cfg, out)))
+                    bar.update(1)
+        except (KeyboardInterrupt, Interrupted):
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            ray.wait(list(pending), num_returns=len(pending), timeout=15)   # let the killed tasks end
+            for cfg in pending.values():     # a task may have written its log just before the cancel: kept
+                if _own_log(cfg, out) is None:
+                    write_json_atomic(out / f"{run_id(cfg)}.json", failure_log(
+                        cfg, "interrupted (Ray task cancelled)", 0.0, "interrupted"))
+            raise
+        finally:
+            bar.close()
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _check_ray_resources(ray, threads: int, gpus_per_run: float) -> None:
+    """A UserError when no node of the cluster can run a task of ``threads`` CPUs and ``gpus_per_run`` GPUs (Ray
+    would queue it for ever)."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if not any(r.get("CPU", 0) >= threads and r.get("GPU", 0) >= gpus_per_run for r in nodes):
+        most = max(nodes, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
+        raise UserError(f"no Ray node has {threads} CPUs and {gpus_per_run:g} GPUs for a run (the largest: "
+                        f"{most.get('CPU', 0):g} CPUs, {most.get('GPU', 0):g} GPUs); valid: --threads and "
+                        f"--gpus-per-run within one node's resources")
 
 
 def _salvage_or_remove(tmp: Path, out: Path) -> None:

@@ -41,7 +41,7 @@ def write_atomic(path: str | os.PathLike, write) -> Path:
     parent directories), which is then fsynced and renamed over ``path``: readers see all or nothing."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")    # per process: two writers never share one
     write(tmp)
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())

@@ -41,7 +41,7 @@ Layers
     so what enters that layer is computed once per batch for a seed (:class:`Inputs`,
     :func:`seed_inputs`) and every step runs only the layers from there on; a guard
     (:func:`check_prefix`) checks this forward against the whole model's.  Planting only in the
-    last layer makes a CPU run cheap (step times measured in NOTES.md, session 7).
+    last layer makes a CPU run cheap (step times measured in NOTES.md).
 
 Learning rate
     Every (subspace, init, seed) trains once per lr in ``lrs`` (default 3e-4, 1e-3, 3e-3); the
@@ -98,15 +98,14 @@ import lora
 from lora import spectra as sp
 
 from .logs import write_json_atomic
+from .presets import PLANTED_DEFAULTS
 from .tasks import TASKS, UserError
 
 SUBSPACES = ("top", "bottom", "random")
 DEFAULT_INITS = ("random", "svd", "svd_minor", "lora_fa", "lora_fa_svd", "olora")
-DEFAULT_MODEL = "bundled:all-MiniLM-L6-v2"
-TARGETS = ("query", "value")
-DEFAULTS = dict(model=DEFAULT_MODEL, rank=8, alpha=16.0, k=4, scale=0.5, steps=1000, batch_size=32,
-                max_length=64, lrs=[3e-4, 1e-3, 3e-3], eval_every=50, n_heldout=512, targets=list(TARGETS),
-                layers=None)
+DEFAULTS = PLANTED_DEFAULTS            # every setting and its default: harness/presets.py
+DEFAULT_MODEL = DEFAULTS["model"]
+TARGETS = tuple(DEFAULTS["targets"])
 
 
 # ----------------------------------------------------------------- the planted update
@@ -482,14 +481,8 @@ def run_planted(out_dir="logs/planted", subspaces=SUBSPACES, inits=None, seeds=(
     and the same config is skipped (resumable); an existing log with a *different* config is
     an error (use another ``out_dir``).  Returns {log name: "done" | "skipped" | "failed"}.
     """
-    from .train import environment
-    unknown = sorted(set(overrides) - set(DEFAULTS))
-    if unknown:
-        raise UserError(f"unknown setting {unknown[0]!r}; valid: {', '.join(DEFAULTS)}")
-    params = {**DEFAULTS, **overrides}
-    params["lrs"], params["targets"] = [float(x) for x in params["lrs"]], list(params["targets"])
-    if isinstance(params["layers"], tuple):
-        params["layers"] = list(params["layers"])
+    from .steps import environment
+    params = _settings(overrides)
     inits = list(default_inits() if inits is None else inits)
     subspaces, seeds = list(subspaces), list(seeds)
     validate(subspaces, inits, seeds, params)
@@ -500,24 +493,8 @@ def run_planted(out_dir="logs/planted", subspaces=SUBSPACES, inits=None, seeds=(
     out.mkdir(parents=True, exist_ok=True)
 
     sentences, sources = load_sentences(data_dir)
-    todo, status = {}, {}
     everything = [(sub, seed, init) for sub in subspaces for seed in seeds for init in inits]
-    for sub, seed, init in everything[shard[0]::shard[1]]:
-        name, cfg = log_name(sub, init, seed), _config(sub, init, seed, params)
-        try:
-            old = json.loads((out / name).read_text())
-        except (OSError, ValueError):
-            old = None
-        if old is not None and old.get("config") != cfg:
-            diff = sorted(k for k in set(cfg) | set(old.get("config") or {})
-                          if cfg.get(k) != (old.get("config") or {}).get(k))
-            raise UserError(f"{out / name} was logged with a different config ({', '.join(diff)}); "
-                            f"use another --out")
-        if old is not None and old.get("status") == "ok":
-            status[name] = "skipped"
-            log(f"skipped {name} (logged)")
-        else:
-            todo[(sub, seed, init)] = (name, cfg)
+    todo, status = _todo(out, everything[shard[0]::shard[1]], params, log)
     if not todo:
         return status
 
@@ -557,42 +534,82 @@ def run_planted(out_dir="logs/planted", subspaces=SUBSPACES, inits=None, seeds=(
             targets = heldout_targets(teacher, held, params["batch_size"], dev, start)
             gap = heldout_mse(teacher, pretrained_held)     # = MSE(pretrained, teacher), symmetric
             for init, name, cfg in pending:
-                t0 = time.time()
                 entry = dict(kind="planted", name=name, config=cfg, env=env, data=sources,
                              planted=dict(k=params["k"], teacher_gap_mse=gap,
                                           sigma_over_norm=[params["scale"] * x for x in
                                                            torch.linspace(1.0, 0.4, params["k"], dtype=torch.float64).tolist()],
                                           n_train=len(train), n_heldout=len(held)))
-                try:
-                    runs = [train_student(base, teacher, planted, init, lr, seed, student_cfg, train, targets, dev,
-                                          inputs) for lr in params["lrs"]]
-                except Exception as e:      # e.g. lora_ga with 2·rank > a layer's size: log it, go on
-                    entry.update(status="failed", error=f"{type(e).__name__}: {e}", wall_time_s=time.time() - t0)
-                    write_json_atomic(out / name, entry)
-                    status[name] = "failed"
-                    log(f"failed  {name}: {entry['error'][:200]}")
-                    continue
-                ok = [r for r in runs if not r["diverged"]]
-                best = min(ok, key=lambda r: r["final"]["heldout_mse"]) if ok else None
-                final = None
-                if best is not None:
-                    final = dict(best["final"], lr=best["lr"],
-                                 heldout_rel=best["final"]["heldout_mse"] / gap if gap > 0 else None)
-                entry.update(status="ok" if best else "diverged", best_lr=best and best["lr"], final=final,
-                             lr_sweep={f"{r['lr']:g}": dict(diverged=r["diverged"], final=r["final"] and {
-                                 k: v for k, v in r["final"].items() if not k.startswith("angles_")})
-                                 for r in runs},
-                             curves={f"{r['lr']:g}": r["curves"] for r in runs},
-                             wall_time_s=time.time() - t0)
-                write_json_atomic(out / name, entry)
-                status[name] = "done" if best else "failed"
-                if final:
-                    def f(key, fmt=".3f"):
-                        return "-" if final[key] is None else format(final[key], fmt)
-                    log(f"done    {name}: lr {best['lr']:g} rel_err {f('rel_err')} (q {f('rel_err_query')}, "
-                        f"v {f('rel_err_value')}) angles L {f('angle_left', '.1f')}° R {f('angle_right', '.1f')}° "
-                        f"heldout/gap {f('heldout_rel', '.3g')} [{entry['wall_time_s']:.0f}s]")
-                else:
-                    log(f"diverged {name}: every lr in {params['lrs']} diverged")
+                status[name] = _student_cell(
+                    entry, out / name, log, gap, params["lrs"],
+                    lambda lr, teacher=teacher: train_student(base, teacher, planted, init, lr, seed, student_cfg, train, targets,
+                                             dev, inputs))
             del teacher
     return status
+
+
+def _settings(overrides: dict) -> dict:
+    """:data:`DEFAULTS` with ``overrides`` (each a known setting), lists as lists."""
+    unknown = sorted(set(overrides) - set(DEFAULTS))
+    if unknown:
+        raise UserError(f"unknown setting {unknown[0]!r}; valid: {', '.join(DEFAULTS)}")
+    params = {**DEFAULTS, **overrides}
+    params["lrs"], params["targets"] = [float(x) for x in params["lrs"]], list(params["targets"])
+    if isinstance(params["layers"], tuple):
+        params["layers"] = list(params["layers"])
+    return params
+
+
+def _todo(out: Path, cells, params: dict, log) -> tuple[dict, dict]:
+    """({(subspace, seed, init): (log name, config)} still to run, {log name: "skipped"} for those logged ok).
+    A log of the same name with another config is an error: its directory belongs to another experiment."""
+    todo, status = {}, {}
+    for sub, seed, init in cells:
+        name, cfg = log_name(sub, init, seed), _config(sub, init, seed, params)
+        try:
+            old = json.loads((out / name).read_text())
+        except (OSError, ValueError):
+            old = None
+        if old is not None and old.get("config") != cfg:
+            diff = sorted(k for k in set(cfg) | set(old.get("config") or {})
+                          if cfg.get(k) != (old.get("config") or {}).get(k))
+            raise UserError(f"{out / name} was logged with a different config ({', '.join(diff)}); "
+                            f"use another --out")
+        if old is not None and old.get("status") == "ok":
+            status[name] = "skipped"
+            log(f"skipped {name} (logged)")
+        else:
+            todo[(sub, seed, init)] = (name, cfg)
+    return todo, status
+
+
+def _student_cell(entry: dict, path: Path, log, gap: float, lrs, train_at) -> str:
+    """One (subspace, init, seed): a student per lr (``train_at(lr)``), the best by held-out MSE, its log
+    ``entry`` completed and written atomically to ``path``.  Returns "done" or "failed"."""
+    t0, name = time.time(), entry["name"]
+    try:
+        runs = [train_at(lr) for lr in lrs]
+    except Exception as e:      # e.g. lora_ga with 2·rank > a layer's size: log it, go on
+        entry.update(status="failed", error=f"{type(e).__name__}: {e}", wall_time_s=time.time() - t0)
+        write_json_atomic(path, entry)
+        log(f"failed  {name}: {entry['error'][:200]}")
+        return "failed"
+    ok = [r for r in runs if not r["diverged"]]
+    best = min(ok, key=lambda r: r["final"]["heldout_mse"]) if ok else None
+    final = None
+    if best is not None:
+        final = dict(best["final"], lr=best["lr"], heldout_rel=best["final"]["heldout_mse"] / gap if gap > 0 else None)
+    entry.update(status="ok" if best else "diverged", best_lr=best and best["lr"], final=final,
+                 lr_sweep={f"{r['lr']:g}": dict(diverged=r["diverged"], final=r["final"] and {
+                     k: v for k, v in r["final"].items() if not k.startswith("angles_")}) for r in runs},
+                 curves={f"{r['lr']:g}": r["curves"] for r in runs},
+                 wall_time_s=time.time() - t0)
+    write_json_atomic(path, entry)
+    if final:
+        def f(key, fmt=".3f"):
+            return "-" if final[key] is None else format(final[key], fmt)
+        log(f"done    {name}: lr {best['lr']:g} rel_err {f('rel_err')} (q {f('rel_err_query')}, "
+            f"v {f('rel_err_value')}) angles L {f('angle_left', '.1f')}° R {f('angle_right', '.1f')}° "
+            f"heldout/gap {f('heldout_rel', '.3g')} [{entry['wall_time_s']:.0f}s]")
+    else:
+        log(f"diverged {name}: every lr in {lrs} diverged")
+    return "done" if best else "failed"

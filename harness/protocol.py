@@ -62,3 +62,8 @@ def selection_table(logs: list[dict]) -> list[dict]:
                      "at_edge": chosen in (lrs[0], lrs[-1]) and len(lrs) > 1, "n_lrs": len(lrs),
                      "scores": {f"{lr:g}": scores[lr] for lr in lrs}})
     return rows
+
+
+def selected_lrs(logs: list[dict]) -> dict[tuple[str, str], float]:
+    """{(task, method): the lr the rule picks} for every (task, method) that a sweep's ``logs`` have."""
+    return {(r["task"], r["method"]): r["selected_lr"] for r in selection_table(logs)}

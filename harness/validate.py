@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from . import tasks as tasks_module
+from .presets import DEFAULTS, METHODS, PRESETS
 from .tasks import TASKS, UserError, get_task
 
 MAX_RANK = 4096          # the model is unknown at config time; lora checks each layer's size at run time
@@ -174,7 +175,6 @@ CONFIG_RULES: dict[str, Rule] = {
     "niter": Int(0),
     "precision": Choice("fp32", "bf16"),
     "val_fraction": Num(0, 0.5, open_lo=True, null=True),
-    "capture_batches": Int(0),
     "init_batches": Int(1, null=True),   # None except for the data-aware inits (lora.DATA_INITS)
     "rslora": BOOL,
     "dropout_mask": LoraChoice("DROPOUT_MASKS"),
@@ -187,7 +187,7 @@ ADAPTER_ONLY = frozenset({"rank", "alpha", "dropout", "targets", "svd_method", "
                           "dropout_mask"})
 
 # Grid spec keys (harness.grid); "overrides", "vary" and "blocks" are checked by validate_spec itself.
-EXECUTORS = ("notebook", "process")     # how the grid runs a config (harness.grid.run_grid)
+EXECUTORS = ("notebook", "process", "ray")     # how the grid runs a config (harness.grid.run_grid)
 SPEC_RULES: dict[str, Rule] = {
     "name": TEXT,
     "description": Rule("string", max_len=MAX_DESCRIPTION),
@@ -199,10 +199,11 @@ SPEC_RULES: dict[str, Rule] = {
     "lr_from": TEXT,
     "extend_lr_edges": Int(0),
     "executor": Choice(*EXECUTORS),
+    "gpus_per_run": Num(0, 64),     # ray: GPUs each run asks for (a fraction packs runs onto one card)
 }
 SPEC_LISTS = ("tasks", "methods", "seeds")
 SPEC_KEYS = frozenset({*SPEC_RULES, *SPEC_LISTS, "overrides", "vary", "blocks"})
-GRID_WIDE = frozenset({"name", "out_dir", "workers", "executor", "blocks"})   # not inside a block
+GRID_WIDE = frozenset({"name", "out_dir", "workers", "executor", "gpus_per_run", "blocks"})   # not inside a block
 
 
 _SHORT = reprlib.Repr()
@@ -241,7 +242,6 @@ def check_field(field: str, value, rule: Rule, where: str = ""):
 
 def validate_identity(task, method, preset) -> None:
     """task, method and preset are strings (their names are checked by make_config)."""
-    from .config import METHODS, PRESETS
     tasks = [*TASKS, *getattr(tasks_module, "BI_TASKS", {})]
     for field, value, valid in (("task", task, tasks), ("method", method, METHODS), ("preset", preset, PRESETS)):
         if not isinstance(value, str):
@@ -262,7 +262,6 @@ def validate_config(cfg: dict) -> dict:
 
 
 def _config_fields() -> tuple[str, ...]:
-    from .config import DEFAULTS
     return tuple(DEFAULTS)
 
 
@@ -291,7 +290,6 @@ def _check_list(key: str, value, where: str) -> None:
     if key == "seeds":
         item, valid, example = Int(0, MAX_SEED), f"integers from 0 to {MAX_SEED}", "[0, 1, 2]"
     else:
-        from .config import METHODS
         item = Choice(*(TASKS if key == "tasks" else METHODS))
         short = isinstance(value, str) and value.isprintable() and len(value) < 40
         valid, example = f"{key[:-1]} names", f"[{value if short else item.choices[0]}]"
@@ -326,7 +324,6 @@ def _check_mapping(spec: dict, where: str, in_block: bool) -> None:
             if value is not None:
                 _check_config_map(key, value, where, fields, lists=key == "vary")
     if "preset" in spec:
-        from .config import PRESETS
         check_field("preset", spec["preset"], Choice(*PRESETS), where)
 
 

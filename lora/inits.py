@@ -132,29 +132,10 @@ def collect_layer_stats(model: nn.Module, targets: str | Sequence[str], batches:
     want_in, want_grad = "input" in needs, "grad" in needs
     acc = {n: dict(xx=None, x=None, tok=0, g=None, xx_max=None, calls=0) for n in layers}
     current: dict = {}
-
-    def hook(name):
-        def fn(module, args, output):
-            x = args[0].detach()
-            mask = current.get("attention_mask")
-            if mask is not None and tuple(mask.shape) == tuple(x.shape[:-1]):
-                x = x[mask.to(x.device).bool()]
-            x = x.reshape(-1, x.shape[-1]).to(_F64)
-            a, xx = acc[name], x.mT @ x
-            a["xx"] = xx if a["xx"] is None else a["xx"] + xx
-            a["x"] = x.sum(0) if a["x"] is None else a["x"] + x.sum(0)
-            a["tok"] += x.shape[0]
-            if x.shape[0]:          # PEFT's CorDA hook: each call's tokens divided by |their largest entry|
-                peak = x.max().abs()
-                xx_max = xx / peak ** 2 if peak > 0 else torch.zeros_like(xx)
-                a["xx_max"] = xx_max if a["xx_max"] is None else a["xx_max"] + xx_max
-                a["calls"] += 1
-        return fn
-
     modes = {m: m.training for m in model.modules()}
     flags = {p: p.requires_grad for p in model.parameters()}
     devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
-    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()] if want_in else []
+    handles = [m.register_forward_hook(_input_hook(acc[n], current)) for n, m in layers.items()] if want_in else []
     n_batches = 0
     try:
         with torch.random.fork_rng(devices=devices):
@@ -173,18 +154,7 @@ def collect_layer_stats(model: nn.Module, targets: str | Sequence[str], batches:
                     with torch.no_grad():
                         model(**batch)
                 else:
-                    with torch.enable_grad():
-                        if loss_fn is not None:
-                            loss = loss_fn(model, batch)
-                        else:
-                            loss = getattr(model(**batch), "loss", None)
-                            if loss is None:
-                                raise ValueError("collect_layer_stats needs loss_fn when model(**batch) has no .loss")
-                        weights = [m.weight for m in layers.values()]
-                        grads = torch.autograd.grad(loss, weights, allow_unused=True)
-                    for (n, m), g in zip(layers.items(), grads):
-                        g = torch.zeros_like(m.weight, dtype=_F64) if g is None else g.detach().to(_F64)
-                        acc[n]["g"] = g if acc[n]["g"] is None else acc[n]["g"] + g
+                    _add_gradient(model, batch, loss_fn, layers, acc)
                 n_batches += 1
     finally:
         for h in handles:
@@ -195,17 +165,53 @@ def collect_layer_stats(model: nn.Module, targets: str | Sequence[str], batches:
             m.training = t
     if n_batches == 0:
         raise ValueError("collect_layer_stats got no batches")
-    out = {}
-    for n, a in acc.items():
-        tok = a["tok"]
-        if want_in and tok == 0:
-            raise ValueError(f"layer {n!r} saw no (unmasked) input tokens in {n_batches} batches")
-        out[n] = LayerStats(input_cov=a["xx"] / tok if want_in else None,
-                            input_mean=a["x"] / tok if want_in else None,
-                            grad=a["g"] / n_batches if want_grad else None,
-                            n_batches=n_batches, n_tokens=tok,
-                            input_cov_maxnorm=a["xx_max"] / a["calls"] if want_in else None)
-    return out
+    return {n: _layer_stats(n, a, n_batches, want_in, want_grad) for n, a in acc.items()}
+
+
+def _input_hook(a: dict, current: dict):
+    """A forward hook adding one call's input statistics to ``a``: Σ xxᵀ, Σ x and the token count over the
+    tokens the batch's attention mask keeps (``current["attention_mask"]``), in float64."""
+    def fn(module, args, output):
+        x = args[0].detach()
+        mask = current.get("attention_mask")
+        if mask is not None and tuple(mask.shape) == tuple(x.shape[:-1]):
+            x = x[mask.to(x.device).bool()]
+        x = x.reshape(-1, x.shape[-1]).to(_F64)
+        xx = x.mT @ x
+        a["xx"] = xx if a["xx"] is None else a["xx"] + xx
+        a["x"] = x.sum(0) if a["x"] is None else a["x"] + x.sum(0)
+        a["tok"] += x.shape[0]
+        if x.shape[0]:          # PEFT's CorDA hook: each call's tokens divided by |their largest entry|
+            peak = x.max().abs()
+            xx_max = xx / peak ** 2 if peak > 0 else torch.zeros_like(xx)
+            a["xx_max"] = xx_max if a["xx_max"] is None else a["xx_max"] + xx_max
+            a["calls"] += 1
+    return fn
+
+
+def _add_gradient(model, batch, loss_fn, layers: dict, acc: dict) -> None:
+    """Add the batch loss's gradient with respect to each target weight to ``acc`` (float64; never into .grad)."""
+    with torch.enable_grad():
+        if loss_fn is not None:
+            loss = loss_fn(model, batch)
+        else:
+            loss = getattr(model(**batch), "loss", None)
+            if loss is None:
+                raise ValueError("collect_layer_stats needs loss_fn when model(**batch) has no .loss")
+        grads = torch.autograd.grad(loss, [m.weight for m in layers.values()], allow_unused=True)
+    for (n, m), g in zip(layers.items(), grads):
+        g = torch.zeros_like(m.weight, dtype=_F64) if g is None else g.detach().to(_F64)
+        acc[n]["g"] = g if acc[n]["g"] is None else acc[n]["g"] + g
+
+
+def _layer_stats(name: str, a: dict, n_batches: int, want_in: bool, want_grad: bool) -> LayerStats:
+    """One layer's :class:`LayerStats` from its sums over ``n_batches`` batches."""
+    tok = a["tok"]
+    if want_in and tok == 0:
+        raise ValueError(f"layer {name!r} saw no (unmasked) input tokens in {n_batches} batches")
+    return LayerStats(input_cov=a["xx"] / tok if want_in else None, input_mean=a["x"] / tok if want_in else None,
+                      grad=a["g"] / n_batches if want_grad else None, n_batches=n_batches, n_tokens=tok,
+                      input_cov_maxnorm=a["xx_max"] / a["calls"] if want_in else None)
 
 
 # =========================================================================== helpers

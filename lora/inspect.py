@@ -153,27 +153,7 @@ def read_peft_adapter(path: str | Path) -> Adapter:
         found = sorted(p.name for p in path.glob("adapter_model.*"))
         raise InspectError(f"{path}: no {PEFT_WEIGHTS}" + (f" (found {', '.join(found)}; lora inspect reads "
                                                           f"safetensors only)" if found else ""))
-    tensors = _safetensors(weights)
-    factors: dict[str, dict[str, torch.Tensor]] = {}
-    embedding, whole = set(), []
-    for key, t in tensors.items():
-        name = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
-        if "lora_magnitude_vector" in name:
-            raise InspectError(f"{path}: DoRA magnitude vectors ({key}) are not supported; lora inspect reads "
-                               f"plain LoRA (ΔW = s·BA)")
-        m = re.fullmatch(r"(.+)\.lora_(A|B)\.weight", name) or re.fullmatch(r"(.+)\.lora_embedding_(A|B)", name)
-        if m is None:
-            if "lora_" in name:
-                raise InspectError(f"{path}: tensor {key} is not a LoRA factor lora inspect reads "
-                                   f"(lora_A.weight, lora_B.weight, lora_embedding_A/B)")
-            whole.append(name)            # modules_to_save, trained biases: saved whole
-            continue
-        if t.ndim != 2:
-            raise InspectError(f"{path}: {key} has shape {tuple(t.shape)}; lora inspect reads LoRA on Linear, "
-                               f"Conv1D and Embedding weights (2-D factors), not convolutions")
-        factors.setdefault(m[1], {})[m[2]] = t
-        if "embedding" in name:
-            embedding.add(m[1])
+    factors, embedding, whole = _peft_factors(path, _safetensors(weights))
     if not factors:
         raise InspectError(f"{weights}: no LoRA factors (keys like {PEFT_PREFIX}<module>.lora_A.weight)")
     rslora = bool(cfg.get("use_rslora"))
@@ -208,6 +188,32 @@ def read_peft_adapter(path: str | Path) -> Adapter:
                              f"relative to the residual base the adapter was trained on, which --base should be "
                              f"(PEFT's path_initial_model_for_weight_conversion makes one relative to the original)")
     return adapter
+
+
+def _peft_factors(path: Path, tensors: dict) -> tuple[dict, set, list]:
+    """({module: {"A": tensor, "B": tensor}}, the embedding modules, the names of tensors saved whole) from a
+    PEFT adapter's tensors; anything that is not plain LoRA is refused in one line."""
+    factors: dict[str, dict[str, torch.Tensor]] = {}
+    embedding, whole = set(), []
+    for key, t in tensors.items():
+        name = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
+        if "lora_magnitude_vector" in name:
+            raise InspectError(f"{path}: DoRA magnitude vectors ({key}) are not supported; lora inspect reads "
+                               f"plain LoRA (ΔW = s·BA)")
+        m = re.fullmatch(r"(.+)\.lora_(A|B)\.weight", name) or re.fullmatch(r"(.+)\.lora_embedding_(A|B)", name)
+        if m is None:
+            if "lora_" in name:
+                raise InspectError(f"{path}: tensor {key} is not a LoRA factor lora inspect reads "
+                                   f"(lora_A.weight, lora_B.weight, lora_embedding_A/B)")
+            whole.append(name)            # modules_to_save, trained biases: saved whole
+            continue
+        if t.ndim != 2:
+            raise InspectError(f"{path}: {key} has shape {tuple(t.shape)}; lora inspect reads LoRA on Linear, "
+                               f"Conv1D and Embedding weights (2-D factors), not convolutions")
+        factors.setdefault(m[1], {})[m[2]] = t
+        if "embedding" in name:
+            embedding.add(m[1])
+    return factors, embedding, whole
 
 
 def read_factor_file(path: str | Path, fmt: str = "factors", base_model: str | None = None) -> Adapter:

@@ -7,6 +7,8 @@ import os
 # each on a 2-core machine (a notebook kernel beside pytest, or a background grid) slow down ~10x.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+# Tests run grids from a working tree being edited; the refusal itself is tested with this unset.
+os.environ.setdefault("HARNESS_ALLOW_DIRTY", "1")
 
 # ============================================================================ harness fixtures
 # (tests/test_harness_data.py, tests/test_harness_run.py, tests/test_cli.py)

@@ -5,7 +5,7 @@ import pandas as pd
 
 from harness.analysis import runs as ar
 from harness.logs import write_json_atomic
-from test_report import make_log
+from test_analysis_spectra import make_log
 
 
 def test_load_logs_reads_a_directory_once_and_again_after_a_change(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import lora
-from harness import models, train, transfer
+from harness import models, steps, train, transfer
 from harness.analysis.weights import layer_label, layer_pos
 from harness.config import adapter_kwargs, make_config
 from harness.tasks import UserError
@@ -43,13 +43,13 @@ def test_full_fine_tuning_factors_equal_the_update(glue_fixture, tmp_path, hf_of
     cfg = tiny_mpnet_config("full")
     log = train.run(cfg, tmp_path, data_dir=str(glue_fixture), progress=False)
     factors = lora.load_delta_factors(tmp_path / log["factors_file"])
-    train.seed_everything(cfg["seed"])
+    steps.seed_everything(cfg["seed"])
     from harness.data import load_task_data
     from harness.tasks import get_task
     splits, _ = load_task_data(get_task("mrpc"), str(glue_fixture))
     texts = [t for ex in splits["train"][:24] for t in ex.texts]
     model, _ = models.load_model_and_tokenizer("tiny-mpnet", 2, cfg["seed"], train_texts=texts)
-    W0 = train.full_ft_originals(model)
+    W0 = steps.full_ft_originals(model)
     assert sorted(W0) == sorted(factors)
     B, A = factors["mpnet.encoder.layer.0.attention.attn.v"]
     assert float((B @ A).norm()) > 0          # it moved

@@ -13,6 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 import harness.data
 from harness import biencoder as bi
+from harness.train import run as train_run
 from harness.config import make_config
 from harness.logs import read_log
 from harness.tasks import BI_TASKS, UserError, get_task
@@ -175,7 +176,7 @@ def test_validation_split_bf16_and_exact_fallback(tmp_path, monkeypatch):
     monkeypatch.setattr(bi, "hnsw_available", lambda: False)
     monkeypatch.setenv("GIT_OPTIONAL_LOCKS", "0")
     cfg = make_config("bi-mrpc", "full", "smoke", epochs=1, val_fraction=0.2, precision="bf16")
-    log = bi.run(cfg, tmp_path / "out", data, progress=False)
+    log = train_run(cfg, tmp_path / "out", data, progress=False)
     _check_log(log, tmp_path / "out", "bi-mrpc")
     n_val = log["data"]["validation"]["n_val"]
     assert n_val == 20 and log["data"]["n_train"] == 96 - n_val       # round(0.2 · 48) = 10 of each class
@@ -219,12 +220,10 @@ def test_bad_inputs(tmp_path):
         (root / "train.tsv").write_text(f"sentence1\tsentence2\tscore\na b\ta c\t4.0\nx y\tx z\t{bad}\n")
         (root / "dev.tsv").write_text("sentence1\tsentence2\tscore\na b\ta c\t1.0\n")
         with pytest.raises(UserError, match=rf"train.tsv line 3: label {bad}.* outside \[0, 5\]"):
-            bi.run(make_config("bi-stsb", "random", "smoke"), tmp_path / "out", tmp_path / "glue", progress=False)
+            train_run(make_config("bi-stsb", "random", "smoke"), tmp_path / "out", tmp_path / "glue", progress=False)
     (root / "train.tsv").write_text("sentence1\tsentence2\tscore\na b\ta c\t4.0\n")
     with pytest.raises(UserError, match="precision 'fp16'; valid: fp32, bf16"):
-        bi.run({**make_config("bi-stsb", "random", "smoke"), "precision": "fp16"}, tmp_path / "out", tmp_path / "glue")
-    with pytest.raises(UserError, match="not a bi-encoder task"):
-        bi.run(make_config("mrpc", "random", "smoke"), tmp_path / "out", tmp_path / "glue")
+        train_run({**make_config("bi-stsb", "random", "smoke"), "precision": "fp16"}, tmp_path / "out", tmp_path / "glue")
 
 
 def test_drift_from_pretrained(tmp_path, monkeypatch):
@@ -234,7 +233,7 @@ def test_drift_from_pretrained(tmp_path, monkeypatch):
     data = write_fixture(tmp_path / "glue", tasks=("mrpc",))
     monkeypatch.setenv("GIT_OPTIONAL_LOCKS", "0")
     for method in ("random", "svd_naive", "full"):
-        bi.run(make_config("bi-mrpc", method, "smoke", epochs=1), tmp_path / "out", data, progress=False,
+        train_run(make_config("bi-mrpc", method, "smoke", epochs=1), tmp_path / "out", data, progress=False,
                compact_factors=True)
     res = bi.drift_from_pretrained(tmp_path / "out", tmp_path / "drift.json", data)
     runs = {r["method"]: r for r in res["runs"].values()}

@@ -9,7 +9,8 @@ import pytest
 from scipy import stats
 
 from harness import round1_page as r1
-from test_report import make_log, write_logs
+from harness.analysis.benchmark import trainable_parts
+from test_analysis_spectra import make_log, write_logs
 
 RANDOM = {0: 0.80, 1: 0.84, 2: 0.79}
 SVD = {0: 0.83, 1: 0.88, 2: 0.82}
@@ -48,7 +49,7 @@ def test_round1_numbers_resolve_every_key_even_without_the_runs(grid_dir, tmp_pa
 
 
 def test_trainable_parts_add_up_to_the_logged_counts(tmp_path):
-    parts = r1.trainable_parts(model_config={"hidden_size": 384, "num_hidden_layers": 6})
+    parts = trainable_parts(model_config={"hidden_size": 384, "num_hidden_layers": 6})
     assert parts["lora"] == 6 * 2 * 8 * (384 + 384) == 73_728
     assert parts["lora_fa"] == parts["lora"] // 2
     assert parts["pooler"] == 384 * 384 + 384 and parts["classifier"] == 2 * 384 + 2

@@ -15,7 +15,7 @@ from harness.plots import training
 from harness.prose import findings as pf
 from harness.prose import readme as pr
 from harness.config import make_config
-from test_report import make_log, write_logs
+from test_analysis_spectra import make_log, write_logs
 
 RANDOM = {0: 0.80, 1: 0.84, 2: 0.79}
 SVD = {0: 0.83, 1: 0.88, 2: 0.82, 3: 0.99}         # seed 3 has no random partner: left out of pairs
@@ -59,7 +59,7 @@ def test_paired_matches_scipy_and_drops_unpaired_seeds(grid_dir):
     a, b = np.array([RANDOM[s] for s in range(3)]), np.array([SVD[s] for s in range(3)])
     assert c["seeds"] == [0, 1, 2] and c["n"] == 3
     assert c["diff"] == pytest.approx((b - a).mean())
-    assert c["diff_std"] == pytest.approx((b - a).std(ddof=1))
+    assert c["sd"] == pytest.approx((b - a).std(ddof=1))
     assert c["diffs"] == pytest.approx(list(b - a))
     assert c["mean_a"] == pytest.approx(a.mean()) and c["std_b"] == pytest.approx(b.std(ddof=1))
     assert c["p"] == pytest.approx(stats.ttest_rel(b, a).pvalue)
@@ -68,7 +68,7 @@ def test_paired_matches_scipy_and_drops_unpaired_seeds(grid_dir):
 
 def test_verdicts():
     """The words follow the rulebook's fields (finding = Holm-adjusted p < 0.05 in the family; level = TOST)."""
-    base = dict(a="random", b="svd", diff=0.03, diff_std=0.005, level=False)
+    base = dict(a="random", b="svd", diff=0.03, sd=0.005, level=False)
     hit = {**base, "n": 3, "p": 0.001, "p_holm": 0.01, "finding": True, "wins": 3}
     assert pf.verdict(hit) == "svd ahead of random (Holm-adjusted p = 0.01)"
     assert pf.verdict({**hit, "wins": 0, "diff": -0.03}).startswith("svd behind random")

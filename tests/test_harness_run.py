@@ -26,7 +26,7 @@ from harness.config import config_hash, make_config, run_id
 from harness.data import SPLITS
 from harness.grid import expand, load_spec, notebook_parameters
 from harness.logs import REQUIRED, read_log
-from harness.train import cpu_model
+from harness.steps import cpu_model
 
 pytestmark = pytest.mark.usefixtures("hf_offline")
 

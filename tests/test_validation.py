@@ -177,8 +177,7 @@ NEW_FIELDS = [  # fields being added to DEFAULTS: checked when a config has them
     ("val_fraction", 0, "invalid val_fraction 0; valid: a number in (0, 0.5], or null"),
     ("val_fraction", 0.6, "invalid val_fraction 0.6; valid: a number in (0, 0.5]"),
     ("val_fraction", "x", "invalid val_fraction 'x'"),
-    ("capture_batches", -1, "invalid capture_batches -1; valid: an integer ≥ 0"),
-    ("capture_batches", 1.5, "invalid capture_batches 1.5"),
+    ("init_pull", -0.1, "invalid init_pull -0.1"), ("dropout_mask", "int8", "unknown dropout_mask 'int8'"),
     ("init_batches", 0, "invalid init_batches 0; valid: an integer ≥ 1"),
     ("rslora", "yes", "invalid rslora 'yes'; valid: true or false"), ("rslora", 1, "invalid rslora 1"),
 ]
@@ -195,7 +194,7 @@ def test_new_fields_are_checked_when_present(field, value, message):
 
 def test_new_fields_accept_their_valid_values():
     base = make_config("mrpc", "random", "smoke")
-    good = dict(precision="bf16", val_fraction=0.5, capture_batches=0, init_batches=1, rslora=True)
+    good = dict(precision="bf16", val_fraction=0.5, init_pull=0.05, init_batches=1, rslora=True)
     assert validate_config({**base, **good}) == {**base, **good}
     assert validate_config({**base, "val_fraction": None})["val_fraction"] is None
     full = make_config("mrpc", "full", "smoke")

@@ -1,4 +1,4 @@
-"""The bi-encoder study (issue 18) from its logs: zero-shot → final per init, how far each init moves the
+"""The bi-encoder study from its logs: zero-shot → final per init, how far each init moves the
 embedding space, retrieval, and the paired comparisons.  Pure functions of ``logs/bi_sweep`` (the lr each
 method was given, :mod:`harness.protocol`'s rule) and ``logs/bi`` (seeds at those rates); figures in
 :mod:`harness.plots.biencoder`, words in :mod:`harness.prose.biencoder`.
@@ -30,7 +30,9 @@ from collections import defaultdict
 import lora
 
 from ..tasks import order_tasks
-from .protocol_v2 import Runs, method_order, selected_lrs
+from ..protocol import selected_lrs
+from .protocol_v2 import Runs, method_order
+from .runs import load_logs
 from .stats import mean_sd, paired, t_interval, with_holm
 
 RETRIEVAL = ("recall@1", "recall@10", "mrr@10")
@@ -57,7 +59,7 @@ class BiStudy:
         import json
         from pathlib import Path
         self.drift = json.loads(Path(drift_path).read_text())["runs"] if drift_path and Path(drift_path).is_file() else {}
-        self.runs, self.lrs = Runs(log_dir), selected_lrs(sweep_dir)
+        self.runs, self.lrs = Runs(log_dir), selected_lrs(load_logs(sweep_dir))
         self.cells: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
         for (task, method), lr in self.lrs.items():
             for seed, lg in self.runs.cells.get((task, method, lr), {}).items():

@@ -76,6 +76,8 @@ def correlations(data: dict, n_boot: int = 2000) -> pd.DataFrame:
         for subset, sel in (("adapter inits", t[(t["task"] == task) & (t["method"] != "full")]),
                             ("with full fine-tuning", t[t["task"] == task])):
             for q in QUANTITIES:
+                if q == "adapters_max" and subset != "adapter inits":
+                    continue            # full fine-tuning has no adapter block: the same rows as above
                 ok = sel[np.isfinite(sel[q])]
                 if len(ok) < 3:
                     continue
@@ -110,3 +112,18 @@ def along_table(data: dict) -> pd.DataFrame:
     cols = ["task", "method", "step", "fraction", "lambda_max", "precond_max", "selected_lr", "lr_x_precond",
             "lr_next"]
     return t[cols].sort_values(["task", "method", "step"]).reset_index(drop=True)
+
+
+def coverage(data: dict, methods_per_task: int) -> pd.DataFrame:
+    """Per task: the methods measured at step 0 (of ``methods_per_task``), those measured along training, and
+    the median seconds of one λmax (Lanczos on the whole trainable block)."""
+    t = entries_table(data)
+    rows = []
+    for task in sorted(set(t["task"]), key=lambda x: (x != "mrpc", x)):
+        tt = t[t["task"] == task]
+        s0 = tt[tt["step"] == 0]
+        rows.append({"task": task, "step0": int(s0["method"].nunique()), "of": methods_per_task,
+                     "along": int(tt.loc[tt["step"] > 0, "method"].nunique()),
+                     "median_seconds": float(np.nanmedian(s0["seconds_lambda"])) if len(s0) else math.nan,
+                     "max_seconds": float(np.nanmax(s0["seconds_lambda"])) if len(s0) else math.nan})
+    return pd.DataFrame(rows)

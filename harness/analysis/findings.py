@@ -76,13 +76,13 @@ def points_table(log_dir):
 
 
 def paired(runs, task: str, a: str, b: str, quantity: str = "final", lr_a=None, lr_b=None) -> dict:
-    """Paired-by-seed comparison of method ``b`` against ``a`` on ``task`` (see the module docstring).
-
-    ``lr_a``/``lr_b``: the learning rate of each side (default: :func:`harness.analysis.runs.main_lr`, the preset's).
-    Returns n, seeds, mean_a, mean_b, std_a, std_b, diff (mean of b − a), diff_std, wins (seeds where
-    b is better: b > a, or b < a for a quantity in :data:`LOWER_IS_BETTER`), behind (seeds where b is worse),
-    p (paired t-test; NaN for n < 3 or zero spread), diffs (b − a per shared seed)."""
-    from scipy import stats
+    """:func:`harness.analysis.stats.paired` (b − a over the shared seeds) of method ``b`` against ``a`` on ``task``,
+    each side's values taken from the runs table at its learning rate (``lr_a``/``lr_b``; default
+    :func:`harness.analysis.runs.main_lr`, the preset's).  Besides stats.paired's fields: task, a, b, quantity,
+    lr_a, lr_b, std_a, std_b, diffs (b − a per shared seed), and wins / behind counted in the quantity's
+    better direction (b < a is better for a quantity in :data:`LOWER_IS_BETTER`).  No p below three seeds or
+    when every seed's difference is the same: such a comparison is reported, not tested."""
+    from .stats import paired as paired_values
 
     def side(method, lr):
         lr = main_lr(runs, task, method) if lr is None else lr
@@ -93,22 +93,16 @@ def paired(runs, task: str, a: str, b: str, quantity: str = "final", lr_a=None, 
 
     va, lr_a = side(a, lr_a)
     vb, lr_b = side(b, lr_b)
-    seeds = sorted(set(va) & set(vb))
-    xa, xb = np.array([va[s] for s in seeds]), np.array([vb[s] for s in seeds])
+    c = paired_values(va, vb)
+    xa, xb = np.array([va[s] for s in c["seeds"]]), np.array([vb[s] for s in c["seeds"]])
     d = xb - xa
-    n = len(seeds)
-    p = math.nan
-    if n >= 3 and np.std(d) > 0:
-        p = float(stats.ttest_rel(xb, xa).pvalue)
-
-    def sd(x):
-        return float(x.std(ddof=1)) if len(x) > 1 else math.nan
-    return dict(task=task, a=a, b=b, quantity=quantity, lr_a=lr_a, lr_b=lr_b, n=n, seeds=seeds,
-                mean_a=float(xa.mean()) if n else math.nan, mean_b=float(xb.mean()) if n else math.nan,
-                std_a=sd(xa), std_b=sd(xb), diff=float(d.mean()) if n else math.nan, diff_std=sd(d),
-                wins=int((d < 0).sum() if quantity in LOWER_IS_BETTER else (d > 0).sum()),
-                behind=int((d > 0).sum() if quantity in LOWER_IS_BETTER else (d < 0).sum()), p=p,
-                diffs=[float(x) for x in d])
+    if c["n"] < 3 or not np.std(d) > 0:
+        c["p"] = None
+    lower = quantity in LOWER_IS_BETTER
+    sd = lambda x: float(x.std(ddof=1)) if len(x) > 1 else math.nan    # noqa: E731
+    return {**c, "task": task, "a": a, "b": b, "quantity": quantity, "lr_a": lr_a, "lr_b": lr_b,
+            "std_a": sd(xa), "std_b": sd(xb), "wins": int((d < 0).sum() if lower else (d > 0).sum()),
+            "behind": int((d > 0).sum() if lower else (d < 0).sum()), "diffs": [float(x) for x in d]}
 
 
 def round1_family(runs) -> list[dict]:
@@ -125,7 +119,6 @@ def round1_family(runs) -> list[dict]:
                     for q in qs:
                         c = paired(runs, task, a, b, q)
                         if c["n"]:
-                            c = {**c, "p": c["p"] if np.isfinite(c["p"]) else None}
                             comps.append(c if q == "final" else {**c, "margin": None})
         unlearned = {t for t, chance in at_chance(runs).items() if chance}
         runs.attrs["round1_family"] = with_holm(comps, "round1", unlearned)

@@ -1,11 +1,11 @@
-"""Which subspace should an adapter start in?  The numbers of the init study (issue 16).
+"""Which subspace should an adapter start in?  The numbers of the init study.
 
 Pure functions: run logs (``logs/v2`` + ``logs/v2_sweep`` for the round-1 inits, ``logs/inits`` +
 ``logs/inits_sweep`` for the newer families) and ``logs/capture/capture.json`` (:mod:`harness.capture`)
 in, DataFrames and dicts out.  Nothing trains, nothing reads model weights.  Figures:
 :mod:`harness.plots.inits`; the page's formatted tables and pasted numbers: :mod:`harness.prose.inits`.
 
-* :func:`runs_table`        one row per run at its (task, method)'s validation-selected lr
+* :func:`init_runs`         one row per run at its (task, method)'s validation-selected lr
   (:func:`harness.protocol.select_lr` on the sweep), with the final, first-eval and epoch-1-loss numbers
   (:func:`harness.analysis.findings.curve_points`).
 * :func:`init_table`        what each init is: subspace, frozen factor, residual, data, cost.
@@ -64,7 +64,7 @@ def run_record(log: dict) -> dict:
             "run_id": log["run_id"]}
 
 
-def runs_table(main_logs: list[dict], sweep_logs: list[dict], tasks=TASKS, methods=None) -> pd.DataFrame:
+def init_runs(main_logs: list[dict], sweep_logs: list[dict], tasks=TASKS, methods=None) -> pd.DataFrame:
     """One row per run of ``main_logs`` whose lr is the one :func:`harness.protocol.select_lr` picks for its
     (task, method) from ``sweep_logs``; runs at other rates (e.g. v2's small-lr block) are left out."""
     from ..protocol import select_lr
@@ -91,7 +91,7 @@ def load_runs(logs_root="logs", tasks=TASKS, dirs: dict | None = None) -> pd.Dat
     ``dirs`` maps a grid name to its directory (default ``<logs_root>/<name>``)."""
     from .runs import load_logs
     where = lambda name: Path(dirs[name]) if dirs and name in dirs else Path(logs_root) / name
-    parts = [runs_table(load_logs(where(main)), load_logs(where(sweep)), tasks) for main, sweep in GRIDS]
+    parts = [init_runs(load_logs(where(main)), load_logs(where(sweep)), tasks) for main, sweep in GRIDS]
     return pd.concat(parts, ignore_index=True)
 
 

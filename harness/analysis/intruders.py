@@ -17,7 +17,7 @@ import torch
 from lora import spectra as sp
 
 from .geometry import EPS, K_INTRUDER, N_DIM, TOP_M, geometry_table, intruder_counts, intruder_curves, per_seed
-from .ranks import METHODS, N_BOOT, RANKS, TASK, _p, _sort_methods, main_lrs, main_runs, paired_family, runs_table
+from .ranks import METHODS, N_BOOT, RANKS, TASK, _p, _sort_methods, main_lrs, main_runs, paired_family, rank_runs
 from .stats import format_pm
 from .weights import grid_weights, load_run_factors
 
@@ -55,12 +55,9 @@ def intruders_study(logs_root="logs", ranks_grid: str = "ranks", ref_grid: str =
                     truncate=(8, 16)) -> dict:
     """Everything ``book/intruders.md`` shows: per-layer intruder data of the rank grid's main block and of
     full fine-tuning (also truncated to its top-``truncate`` directions), tables and ``glue`` texts."""
-    import pandas as pd
-
-    from .stats import spearman_ci, with_holm
     root = Path(logs_root)
-    runs = runs_table(root / ranks_grid, task, METHODS)
-    full = runs_table(root / ref_grid, task, ("full",))
+    runs = rank_runs(root / ranks_grid, task, METHODS)
+    full = rank_runs(root / ref_grid, task, ("full",))
     main = main_runs(runs)
     W = grid_weights(root / ranks_grid)
     wide = geometry_table(main, W, intruders=True, k=K_WIDEST)
@@ -94,8 +91,14 @@ def intruders_study(logs_root="logs", ranks_grid: str = "ranks", ref_grid: str =
         pooled = per_seed(it, col, by=("method",))
         for row in pooled.itertuples():
             G[f"n_{row.method}_all_e{int(e * 10)}"] = format_pm(row.mean, row.sd)
+    _k_numbers(D, G, wide, wide_full, stored)
+    _paired_numbers(D, G, it, itf)
+    _nature_numbers(D, G, it, itf, itf_all, stored, full, W)
+    return D
 
-    # ---- the number k of top directions examined
+
+def _k_numbers(D: dict, G: dict, wide, wide_full, stored: int) -> None:
+    """The number k of top directions examined: counts by k, and whether the inits' order depends on k."""
     bk = counts_by_k(wide, wide_full[wide_full["trunc"] == stored])
     D["by_k"] = bk
     # the order of the inits at each rank (ε = 0.7), compared with the k = K_INTRUDER order
@@ -105,7 +108,14 @@ def intruders_study(logs_root="logs", ranks_grid: str = "ranks", ref_grid: str =
     G["n_k_order_same"] = str(sum(o == order[(K_INTRUDER, r)] for (k, r), o in order.items()))
     G["n_k_order_cells"] = str(len(order))
 
-    # ---- paired comparisons (by seed; one family, Holm)
+
+
+def _paired_numbers(D: dict, G: dict, it, itf) -> None:
+    """The paired comparisons (by seed; one family, Holm) and the Spearman trends of the count on rank."""
+    import pandas as pd
+
+    from .stats import spearman_ci, with_holm
+    by_eps = D["by_eps"]
     specs = []
     for e in (0.5, 0.7):
         st = by_eps[e]
@@ -144,7 +154,12 @@ def intruders_study(logs_root="logs", ranks_grid: str = "ranks", ref_grid: str =
         G[f"rho_{t['method']}_e{int(t['eps'] * 10)}"] = (f"ρ = {t['rho']:.2f} [{t['lo']:.2f}, {t['hi']:.2f}], "
                                                          f"{_p(t['p_holm'])}")
 
-    # ---- what the intruders are: inside W's top-m subspace (mixtures) or new directions
+
+
+def _nature_numbers(D: dict, G: dict, it, itf, itf_all, stored: int, full, W) -> None:
+    """What the intruders are (mixtures inside W's top-m subspace, or new directions), right singular vectors,
+    W's spectrum, ΔW's size, and full fine-tuning's truncation."""
+    import pandas as pd
     e = 0.7
     mc = np.stack(it["max_cos"].to_numpy())
     te = np.stack(it["top_energy"].to_numpy())
@@ -203,7 +218,6 @@ def intruders_study(logs_root="logs", ranks_grid: str = "ranks", ref_grid: str =
     s_last = [float(sp.singular_values(f["B"], f["A"])[-1] / sp.singular_values(f["B"], f["A"])[0]) for f in fac]
     G["full_s32_rel"] = f"{np.mean(s_last):.2f}"
     G["full_min_maxcos"] = f"{float(np.min(np.stack(itf['max_cos'].to_numpy()))):.2f}"
-    return D
 
 
 def by_k_table(by_k, eps: float = 0.7) -> "pd.DataFrame":

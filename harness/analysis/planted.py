@@ -1,4 +1,4 @@
-"""The planted-update experiment's results (issue 17, part 3) from its logs (``logs/planted/*.json``, written by
+"""The planted-update experiment's results from its logs (``logs/planted/*.json``, written by
 :mod:`harness.planted`): the final recovery per (subspace, init), the recovery curves, and the checks of the
 predictions P1–P8 stated in :mod:`harness.planted` before any run.
 
@@ -6,8 +6,8 @@ Every number is at each (subspace, init, seed)'s selected lr (lowest final held-
 means and sample standard deviations are over seeds.  *Speed* is the mean of rel_err over the logged
 evaluations (steps 0, eval_every, …, steps): the normalised area under the recovery curve, lower = faster.
 
-The pass/fail criteria below were fixed before the experiment was run (session 7, with the predictions of
-session 4); a prediction whose inits or subspaces are missing from the logs is "not run".
+The pass/fail criteria below were fixed before the experiment was run (with the predictions written
+before that); a prediction whose inits or subspaces are missing from the logs is "not run".
 """
 from __future__ import annotations
 

@@ -22,23 +22,12 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from ..protocol import selection_table
+from ..protocol import selected_lrs, selection_table  # noqa: F401
 from ..tasks import order_tasks, task_label
-from .runs import load_logs
+from .runs import METHOD_ORDER, load_logs, method_order  # noqa: F401  (the v2 pages read them here)
 from .stats import format_mean_std, mean_sd, paired, with_holm
 
-METHOD_ORDER = ("full", "random", "svd", "svd_naive", "svd_seed", "lora_fa", "lora_fa_svd")
 CLAIM_LRS = (1e-4, 3e-4)
-
-
-def method_order(methods) -> list[str]:
-    known = [m for m in METHOD_ORDER if m in set(methods)]
-    return known + sorted(set(methods) - set(known))
-
-
-def selected_lrs(sweep_dir) -> dict[tuple[str, str], float]:
-    """{(task, method): lr} chosen on validation by the rule of :mod:`harness.protocol`."""
-    return {(r["task"], r["method"]): r["selected_lr"] for r in selection_table(load_logs(sweep_dir))}
 
 
 def early_metric(log: dict, epoch: float = 1.0):
@@ -82,7 +71,7 @@ class Runs:
 def final_table(log_dir, sweep_dir) -> "pd.DataFrame":
     """One row per method: per task the selected lr and the final dev metric, mean ± std (n)."""
     import pandas as pd
-    runs, lrs = Runs(log_dir), selected_lrs(sweep_dir)
+    runs, lrs = Runs(log_dir), selected_lrs(load_logs(sweep_dir))
     rows = []
     for method in method_order({m for _, m in lrs}):
         row = {"method": method}
@@ -125,7 +114,7 @@ def comparisons(log_dir, sweep_dir, inits_dirs=None) -> list[dict]:
     (default: ``inits`` / ``inits_sweep`` beside ``log_dir`` when they exist; () for none)."""
     extra = _inits_dirs(log_dir, sweep_dir) if inits_dirs is None else tuple(inits_dirs)
     runs = Runs(log_dir, *extra[:1])
-    lrs = {**selected_lrs(sweep_dir), **(selected_lrs(extra[1]) if extra else {})}
+    lrs = {**selected_lrs(load_logs(sweep_dir)), **(selected_lrs(load_logs(extra[1])) if extra else {})}
     unlearned = unlearned_tasks(runs, lrs)
     families: dict[str, list] = defaultdict(list)
 

@@ -29,7 +29,7 @@ METHODS = ("random", "svd", "lora_fa_svd")
 N_BOOT = 1000                                # bootstrap resamples of the Spearman intervals (page time)
 
 
-def runs_table(log_dir, task: str = TASK, methods=None):
+def rank_runs(log_dir, task: str = TASK, methods=None):
     """One row per ok run of ``task``: run_id, method, rank (0 for full), lr, seed, alpha, dev (final dev
     main metric), val (final validation main metric), factors (path of the factor file or None)."""
     import pandas as pd
@@ -150,12 +150,9 @@ def _p(p) -> str:
 def ranks_study(logs_root="logs", ranks_grid: str = "ranks", ref_grid: str = "v2", task: str = TASK) -> dict:
     """Everything ``book/ranks.md`` shows, from ``<logs_root>/<ranks_grid>`` (+ full fine-tuning of
     ``<ref_grid>``): tables, φ arrays, and ``glue`` = {name: formatted text} for the prose."""
-    import pandas as pd
-
-    from .stats import spearman_ci, with_holm
     root = Path(logs_root)
-    runs = runs_table(root / ranks_grid, task, METHODS)
-    full = runs_table(root / ref_grid, task, ("full",))
+    runs = rank_runs(root / ranks_grid, task, METHODS)
+    full = rank_runs(root / ref_grid, task, ("full",))
     lrs = main_lrs(runs)
     acc, check = accuracy_by_rank(runs), lr_check(runs)
     from .runs import load_logs
@@ -168,8 +165,17 @@ def ranks_study(logs_root="logs", ranks_grid: str = "ranks", ref_grid: str = "v2
     full_amp = amplification_by_r(full, W)
     G: dict[str, str] = {}
     D: dict = dict(runs=runs, full=full, lrs=lrs, acc=acc, check=check, majority=majority, names=names, glue=G)
+    _accuracy_numbers(D, G, main)
+    _phi_numbers(D, G, runs, main, W, names)
+    _geometry_numbers(D, G, geo, full_geo, full_amp, full, W)
+    D["geo"], D["full_geo"] = geo, full_geo
+    return D
 
-    # ---- accuracy
+
+def _accuracy_numbers(D: dict, G: dict, main) -> None:
+    """Accuracy by rank, full fine-tuning, the Spearman tests of accuracy on rank, the lr check (into D and G)."""
+    from .stats import spearman_ci, with_holm
+    lrs, acc, check, full, majority = D["lrs"], D["acc"], D["check"], D["full"], D["majority"]
     for m, lr in lrs.items():
         G[f"lr_{m}"] = f"{lr:g}"
     for row in acc.itertuples():
@@ -192,7 +198,10 @@ def ranks_study(logs_root="logs", ranks_grid: str = "ranks", ref_grid: str = "v2
         G[f"checklr_{row.method}_{row.role}"] = f"{row.lr:g}"
         G[f"checkval_{row.method}_{row.role}"] = f"{row.val:.3f}"
 
-    # ---- φ between r = 8 and r = 64 (same seed), and between seeds at r = 64
+
+
+def _phi_numbers(D: dict, G: dict, runs, main, W, names) -> None:
+    """φ between r = 8 and r = 64 (same seed) and between seeds at r = 64, against the random baseline."""
     cache: dict = {}
     init = phi_init_random(W, sorted(main["seed"].unique()))
     shared = shared_init_layers(init)
@@ -236,7 +245,11 @@ def ranks_study(logs_root="logs", ranks_grid: str = "ranks", ref_grid: str = "v2
     Psvd = phi_between(runs, seed_pairs(runs, "svd", 64), "A", 64, 64, cache)
     G["phiseed_A_svd_8_8"] = _pm(np.concatenate([v[:, 7, 7] for v in Psvd.values()]))
 
-    # ---- amplification and W-projections (the LoRA paper's Table 7), effective rank
+
+
+def _geometry_numbers(D: dict, G: dict, geo, full_geo, full_amp, full, W) -> None:
+    """Amplification and W-projections (the LoRA paper's Table 7), effective rank, ‖ΔW‖ (into D and G)."""
+    import pandas as pd
     amp = per_seed(geo, "amp", by=("method", "kind", "rank"), geometric=True)
     famp = per_seed(full_amp, "amp", by=("method", "kind", "rank"), geometric=True)
     D["amp"], D["full_amp"] = amp, famp
@@ -288,6 +301,4 @@ def ranks_study(logs_root="logs", ranks_grid: str = "ranks", ref_grid: str = "v2
     D["full_er"] = (float(fer["mean"].iloc[0]), float(fer["sd"].iloc[0]))
     G["er_full"] = format_pm(*D["full_er"], 1)
     G["energy_kept_full"] = f"{np.mean([f['energy_kept'] for r in full.itertuples() for f in load_run_factors(r.factors).values()]):.2f}"
-    D["geo"], D["full_geo"] = geo, full_geo
-    return D
 

@@ -60,10 +60,17 @@ def sorted_unique(values) -> list:
         return out
 
 
+# The methods of protocol v2, in the order the book introduces them (full fine-tuning, then the SVD family, then
+# LoRA-FA); the init families follow in the registry's order (:data:`harness.config.METHODS`).
+METHOD_ORDER = ("full", "random", "svd", "svd_naive", "svd_seed", "lora_fa", "lora_fa_svd")
+
+
 def method_order(methods) -> list[str]:
-    """The distinct methods in the study's order (:data:`harness.config.METHODS`), unknown ones last."""
+    """The distinct methods in the study's order (:data:`METHOD_ORDER`, then the other inits in the registry's
+    order), unknown ones last, alphabetically."""
     from ..config import METHODS
-    return sorted(set(methods), key=lambda m: (METHODS.index(m) if m in METHODS else len(METHODS), m))
+    order = METHOD_ORDER + tuple(m for m in METHODS if m not in METHOD_ORDER)
+    return sorted(set(methods), key=lambda m: (order.index(m) if m in order else len(order), m))
 
 
 def fmt_lr(lr) -> str:
@@ -130,18 +137,18 @@ def runs_table(log_dir) -> "pd.DataFrame":
         metric_cols = sorted(c for c in df.columns if c.startswith("final_"))
         rest = [c for c in df.columns if c not in cols and c not in metric_cols]
         df = df[cols + metric_cols + rest]
-    df.attrs["selected_lrs"] = selected_lrs(log_dir)
+    df.attrs["selected_lrs"] = lrs_from_sweep(log_dir)
     return df
 
 
-def selected_lrs(log_dir) -> dict[tuple[str, str], float]:
+def lrs_from_sweep(log_dir) -> dict[tuple[str, str], float]:
     """{(task, method): lr} that protocol v2 selected for a grid whose spec (``configs/<grid>.yaml``, the log
     directory's name) runs each method at the lr its sweep chose (``lr_from``): the rule of
     :func:`harness.protocol.select_lr` on the sweep's logs, read from the sweep's directory beside ``log_dir``.
     {} for any other grid, or when the spec or the sweep's logs are not there."""
     from ..grid import load_spec
     from ..paths import repo_root, resolve
-    from ..protocol import select_lr
+    from ..protocol import selected_lrs
     from ..tasks import UserError
 
     spec_path = repo_root() / "configs" / f"{Path(log_dir).resolve().name}.yaml"
@@ -151,16 +158,14 @@ def selected_lrs(log_dir) -> dict[tuple[str, str], float]:
             return {}
         sweep = load_spec(resolve(spec["lr_from"]))
         sweep_dir = Path(log_dir).resolve().parent / Path(sweep.get("out_dir") or sweep["name"]).name
-        logs = load_logs(sweep_dir)
-        return {(t, m): float(select_lr(logs, t, m)) for t, m in sorted({(lg["config"]["task"], lg["config"]["method"])
-                                                                         for lg in logs})}
+        return selected_lrs(load_logs(sweep_dir))
     except (UserError, OSError, KeyError):
         return {}
 
 
 def main_lr(runs, task: str, method: str):
     """The learning rate at which (task, method) is compared with other methods: the lr protocol v2
-    selected for it (:func:`selected_lrs`, a grid run with ``lr_from``) when some of its runs use it; else its
+    selected for it (:func:`lrs_from_sweep`, a grid run with ``lr_from``) when some of its runs use it; else its
     preset's lr when some of its runs use it (a grid's extra lr block must not replace it); else the lr most
     of its runs use.  ``runs``: a :func:`runs_table`.  None without runs."""
     from ..config import make_config

@@ -128,7 +128,7 @@ def with_holm(comparisons: list[dict], family: str | None = None, unlearned=()) 
     inside = [c.get("task") not in set(unlearned) for c in comparisons]
     adj = holm([c.get("p") if ok else None for c, ok in zip(comparisons, inside)])
     margins = [c["margin"] if "margin" in c else MARGINS.get(c.get("task")) for c in comparisons]
-    tosts = [tost(c.get("diff", math.nan), c.get("sd", c.get("diff_std", math.nan)), c.get("n", 0), d) if ok else None
+    tosts = [tost(c.get("diff", math.nan), c.get("sd", math.nan), c.get("n", 0), d) if ok else None
              for c, ok, d in zip(comparisons, inside, margins)]
     tost_adj = holm(tosts)
     m = sum(p is not None for p in adj)
@@ -136,7 +136,7 @@ def with_holm(comparisons: list[dict], family: str | None = None, unlearned=()) 
     for c, ok, a, pt, pta, d in zip(comparisons, inside, adj, tosts, tost_adj, margins):
         finding = a is not None and a < ALPHA
         level = pta is not None and pta < ALPHA
-        sd = c.get("sd", c.get("diff_std", math.nan))
+        sd = c.get("sd", math.nan)
         mdd = detectable(sd, c.get("n", 0), m) if ok and c.get("p") is not None else math.nan
         row = {**c, "family": family if ok else None, "p_holm": a, "finding": finding,
                "margin": d, "p_tost": pt, "p_tost_holm": pta, "level": level, "mdd": mdd}

@@ -88,7 +88,7 @@ def pretrained_weights(log: dict, layers=None, log_dir=None) -> dict:
         return {n: cached[n] for n in layers}
     from ..models import load_model_and_tokenizer
     from ..tasks import get_task
-    from ..train import seed_everything
+    from ..steps import seed_everything
 
     c = log["config"]
     task = get_task(c["task"])

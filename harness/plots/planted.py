@@ -1,4 +1,4 @@
-"""Figures of the planted-update experiment (issue 17): numbers from :mod:`harness.analysis.planted`."""
+"""Figures of the planted-update experiment: numbers from :mod:`harness.analysis.planted`."""
 from __future__ import annotations
 
 import numpy as np

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -94,19 +95,42 @@ def save(fig, fig_dir, name: str) -> Path:
     return path
 
 
+SIGNIFICANT = 6     # digits kept in every number of a figure's table: reruns on other BLAS thread counts differ
+                    # in the last bits of float32 results (~1e-7 relative), so the files stay byte-identical
+
+
+def significant(x, digits: int = SIGNIFICANT):
+    """``x`` rounded to ``digits`` significant digits (floats only; ints, None, NaN and text unchanged)."""
+    if isinstance(x, (float, np.floating)) and math.isfinite(x) and x != 0:
+        return float(f"{float(x):.{digits - 1}e}")
+    return float(x) if isinstance(x, np.floating) else x
+
+
 def write_table(df, fig_dir, stem: str, json_too: bool = True) -> Path:
-    """``fig_dir/<stem>.csv`` (list cells, e.g. singular values, as JSON text rounded to 8 digits) and, with
-    ``json_too``, ``<stem>.json`` (records).  Returns the CSV's path."""
+    """``fig_dir/<stem>.csv`` (list cells, e.g. singular values, as JSON text) and, with ``json_too``,
+    ``<stem>.json`` (records); every number rounded to :data:`SIGNIFICANT` significant digits.  Returns the
+    CSV's path."""
     d = Path(fig_dir)
     out = df.copy()
     for c in out.columns:
         if out[c].map(lambda v: isinstance(v, (list, tuple, np.ndarray))).any():
-            out[c] = out[c].map(lambda v: json.dumps([round(float(x), 8) for x in v])
+            out[c] = out[c].map(lambda v: json.dumps([significant(float(x)) for x in v])
                                 if isinstance(v, (list, tuple, np.ndarray)) else v)
+        elif out[c].dtype.kind == "f" or out[c].map(lambda v: isinstance(v, float)).any():
+            out[c] = out[c].map(significant).astype(object if out[c].dtype.kind != "f" else float)
     csv = write_atomic(d / f"{stem}.csv", lambda tmp: out.to_csv(tmp, index=False))
     if json_too:
-        write_json_atomic(d / f"{stem}.json", json.loads(df.to_json(orient="records")))
+        rounded = _round_records(json.loads(df.to_json(orient="records", double_precision=15)))
+        write_json_atomic(d / f"{stem}.json", rounded)
     return csv
+
+
+def _round_records(obj):
+    if isinstance(obj, dict):
+        return {k: _round_records(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_round_records(v) for v in obj]
+    return significant(obj)
 
 
 def entry(path: Path, caption: str, logs: list[dict]) -> dict:

@@ -50,7 +50,7 @@ def _d(c, digits=3) -> str:
         return "n/a"
     d = c["diff"] if round(c["diff"], digits) != 0 else 0.0     # no "-0.000"
     s = f"{d:+.{digits}f}"
-    return s + (f" ± {c['diff_std']:.{digits}f}" if np.isfinite(c["diff_std"]) else "")
+    return s + (f" ± {c['sd']:.{digits}f}" if np.isfinite(c["sd"]) else "")
 
 
 def _count(seeds) -> str:

@@ -135,7 +135,7 @@ def build_adapted(cfg, data_dir, perturb_seed):
     from harness.data import load_task_data
     from harness.models import load_model_and_tokenizer
     from harness.tasks import get_task
-    from harness.train import seed_everything
+    from harness.steps import seed_everything
     task = get_task(cfg["task"])
     train = load_task_data(task, data_dir)[0]["train"]
     seed_everything(cfg["seed"])

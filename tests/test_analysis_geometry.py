@@ -60,7 +60,7 @@ def rank_logs(tmp_path):
 
 
 def test_runs_table_main_lrs_accuracy_and_lr_check(rank_logs):
-    runs = ranks.runs_table(rank_logs, methods=("random",))
+    runs = ranks.rank_runs(rank_logs, methods=("random",))
     assert len(runs) == 8 and set(runs["method"]) == {"random"} and runs["factors"].isna().all()
     assert ranks.main_lrs(runs) == {"random": pytest.approx(1e-3)}
     acc = ranks.accuracy_by_rank(runs)
@@ -78,7 +78,7 @@ def test_runs_table_main_lrs_accuracy_and_lr_check(rank_logs):
 def test_main_lrs_needs_one_shared_rate(rank_logs):
     _log(rank_logs, "random", 1, 3e-3, 0, 0.7, 0.7)       # now 1e-3 and 3e-3 are both at every rank
     with pytest.raises(ValueError, match="no single lr"):
-        ranks.main_lrs(ranks.runs_table(rank_logs, methods=("random",)))
+        ranks.main_lrs(ranks.rank_runs(rank_logs, methods=("random",)))
 
 
 # ------------------------------------------------------------------------ W projections, amplification

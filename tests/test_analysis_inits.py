@@ -40,7 +40,7 @@ def runs():
     main += [mk_log("mrpc", "random", s, 3e-3, 0.1) for s in range(3)]          # not the selected lr: left out
     main += [mk_log("mrpc", "eva", s, 3e-3, f, init={"batches": 8, "examples": 256, "seconds": sec})
              for s, f, sec in zip(range(3), [0.75, 0.78, 0.77], [0.2, 0.4, 0.6])]
-    return st.runs_table(main, sw)
+    return st.init_runs(main, sw)
 
 
 def test_runs_table_keeps_selected_lr_and_reads_early_numbers(runs):
