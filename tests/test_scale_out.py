@@ -102,9 +102,12 @@ def test_code_state_names_the_checked_out_commit():
 
 def test_a_grid_refuses_a_dirty_tree_in_one_line(monkeypatch, capsys, tmp_path, glue):
     import harness.provenance as prov
+    import harness.steps as steps
     monkeypatch.delenv(prov.ALLOW_DIRTY_ENV, raising=False)
-    monkeypatch.setattr(prov, "code_state", lambda: {"git_commit": "0123456789abcdef", "git_dirty": True,
-                                                     "dirty_files": ["harness/train.py", "lora/core.py"]})
+    dirty = lambda: {"git_commit": "0123456789abcdef", "git_dirty": True,          # noqa: E731
+                     "dirty_files": ["harness/train.py", "lora/core.py"]}
+    monkeypatch.setattr(prov, "code_state", dirty)       # what the grid checks
+    monkeypatch.setattr(steps, "code_state", dirty)      # what the run logs
     spec = smoke_spec(tmp_path / "s.yaml", ["random"])
     rc, out, err = cli(capsys, "grid", spec, "--data-dir", glue, "--out-dir", tmp_path / "o", "--executor", "process")
     assert rc == 2 and err.count("\n") == 1, err
