@@ -73,8 +73,11 @@ def correlations(data: dict, n_boot: int = 2000) -> pd.DataFrame:
     t = step0(data)
     rows = []
     for task in sorted(set(t["task"]), key=lambda x: (x != "mrpc", x)):
-        for subset, sel in (("adapter inits", t[(t["task"] == task) & (t["method"] != "full")]),
-                            ("with full fine-tuning", t[t["task"] == task])):
+        tt = t[t["task"] == task]
+        subsets = [("adapter inits", tt[tt["method"] != "full"])]
+        if (tt["method"] == "full").any():      # else the same rows again
+            subsets.append(("with full fine-tuning", tt))
+        for subset, sel in subsets:
             for q in QUANTITIES:
                 if q == "adapters_max" and subset != "adapter inits":
                     continue            # full fine-tuning has no adapter block: the same rows as above
@@ -127,3 +130,29 @@ def coverage(data: dict, methods_per_task: int) -> pd.DataFrame:
                      "median_seconds": float(np.nanmedian(s0["seconds_lambda"])) if len(s0) else math.nan,
                      "max_seconds": float(np.nanmax(s0["seconds_lambda"])) if len(s0) else math.nan})
     return pd.DataFrame(rows)
+
+
+def adam_separation(data: dict) -> pd.DataFrame:
+    """Per task (step 0): of the inits with a collapsed rate, those whose selected rate is within Adam's bound
+    38/λmax(P⁻¹H) and every collapsed rate beyond it ("separated"); collapsed rates within the bound, and swept rates beyond it that trained
+    without collapsing (from the sweep record: ``swept`` minus ``collapsed_lrs``)."""
+    rows = []
+    for e in data["entries"]:
+        if e["step"] != 0 or e.get("precond_max") is None:
+            continue
+        bound = ADAM_BOUND / e["precond_max"]
+        collapsed = list(e.get("collapsed_lrs") or [])
+        swept = [float(x) for x in (e.get("swept") or [])]
+        rows.append({"task": e["task"], "method": e["method"], "bound": bound,
+                     "separated": bool(collapsed) and e["selected_lr"] <= bound and all(c > bound for c in collapsed),
+                     "with_collapse": bool(collapsed),
+                     "collapsed_within": sum(c <= bound for c in collapsed), "collapsed": len(collapsed),
+                     "fine_beyond": sum(lr > bound and lr not in collapsed for lr in swept)})
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    return df.groupby("task", sort=False).agg(inits=("method", "size"), with_collapse=("with_collapse", "sum"),
+                                              separated=("separated", "sum"),
+                                              collapsed=("collapsed", "sum"),
+                                              collapsed_within=("collapsed_within", "sum"),
+                                              fine_beyond=("fine_beyond", "sum")).reset_index()
