@@ -146,12 +146,13 @@ def prepare(cfg: dict, family: Family, data_dir: str | None = None, hub_id: str 
         stats = None
         if cfg["method"] in lora.DATA_INITS:   # data-aware init: statistics from training batches only
             t_init, needs = time.time(), lora.DATA_INITS[cfg["method"]]
-            batches = [data.batch(idx, labels=family.init_labels(needs)) for idx in init_batch_indices(data.n_train, cfg)]
+            picks = init_batch_indices(data.n_train, cfg)
+            batches = [data.batch(idx, labels=family.init_labels(needs)) for idx in picks]
             stats = lora.collect_layer_stats(model.to(dev), cfg["targets"], batches, needs=needs,
                                              loss_fn=family.stats_loss(cfg.get("precision") or "fp32", dev))
             model.cpu()
             stats = {n: _to_cpu(st) for n, st in stats.items()}
-            init_info = {"batches": len(batches), "examples": sum(len(idx) for idx in init_batch_indices(data.n_train, cfg)),
+            init_info = {"batches": len(batches), "examples": sum(len(idx) for idx in picks),
                          "seconds": round(time.time() - t_init, 3), "split": "train"}
         lora.add_lora(model, cfg["targets"], keep_trainable=family.keep_trainable(cfg), stats=stats,
                       **adapter_kwargs(cfg))

@@ -52,6 +52,7 @@ def entries_table(data: dict) -> pd.DataFrame:
         rows.append({
             "task": e["task"], "method": e["method"], "step": e["step"], "fraction": e.get("fraction", 0.0),
             "lambda_max": lam, "top": top, "adapters_max": _get(e, "adapters_max"), "precond_max": pre,
+            "adapters_precond_max": _get(e, "adapters_precond_max"),
             "selected_lr": e["selected_lr"], "lr_next": _get(e, "lr_next"), "collapsed_lrs": collapsed,
             "gd_bound": gd, "adam_bound": adam, "lr_x_precond": e["selected_lr"] * pre,
             "selected_within_gd": e["selected_lr"] <= gd, "selected_within_adam": e["selected_lr"] <= adam,

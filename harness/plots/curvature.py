@@ -43,13 +43,7 @@ def lr_against_curvature_figure(step0):
             ax.set_xlabel(f"{qlabel} at step 0")
             ax.set_ylabel("learning rate")
             ax.set_title(f"{task_label(task)}: {qlabel}", fontsize=8.5)
-    seen = {}
-    for ax in axes.flat:                # one legend for the methods (the colours), below the panels
-        for h, label in zip(*ax.get_legend_handles_labels()):
-            if not label.startswith("bound"):
-                seen.setdefault(label, h)
-    fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncol=5, fontsize=7,
-               title="selected lr (dot) and collapsed rates (×), by method", title_fontsize=7)
+    _methods_legend(fig, axes, title="selected lr (dot) and collapsed rates (×), by method")
     return fig
 
 
@@ -69,9 +63,16 @@ def spectrum_figure(step0):
         ax.set_xlabel("k")
         ax.set_ylabel("λ_k(H)")
         ax.set_title(task_label(task), fontsize=8.5)
+    _methods_legend(fig, axes)
+    return fig
+
+
+def _methods_legend(fig, axes, title=None) -> None:
+    """One legend below the panels with each method once (the bound lines keep their own panel legends)."""
     seen = {}
     for ax in axes.flat:
         for h, label in zip(*ax.get_legend_handles_labels()):
-            seen.setdefault(label, h)
-    fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncol=5, fontsize=7)
-    return fig
+            if not label.startswith("bound"):
+                seen.setdefault(label, h)
+    fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncol=5, fontsize=7, title=title,
+               title_fontsize=7)
