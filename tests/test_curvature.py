@@ -308,3 +308,22 @@ def test_analysis_tables_bounds_and_spearman(tmp_path):
     assert (b.loc["38/λmax(P⁻¹H)", "collapsed"], b.loc["38/λmax(P⁻¹H)", "collapsed_beyond"]) == (6, 5)
     along = A.along_table(data)
     assert list(along["step"]) == [0, 100] and along["lr_x_precond"].iloc[1] == pytest.approx(38.0)
+
+
+def test_along_summary_judges_prediction_3_at_the_later_snapshots(tmp_path):
+    from harness.analysis import curvature as A
+
+    def entry(method, step, pre, lr=1e-3):
+        return {"task": "mrpc", "method": method, "step": step, "fraction": step / 300, "selected_lr": lr,
+                "collapsed_lrs": [], "top": [1.0 + step / 100], "precond_max": pre, "lr_next": lr}
+    entries = [entry("random", 0, 2e3), entry("random", 100, 1e4), entry("random", 200, 3e4), entry("random", 300, 4e4),
+               entry("svd", 0, 2e3), entry("svd", 100, 1e4), entry("svd", 200, 3e4), entry("svd", 300, 2e5),
+               entry("lora_fa", 0, 2e3), entry("lora_fa", 100, 1e4)]
+    path = tmp_path / "curvature.json"
+    path.write_text(json.dumps({"entries": entries}))
+    s = A.along_summary(A.load(path)).set_index("method")
+    # η·λ: random 30 and 40 at 2/3 and the end, within [38/3, 114] and above 2 at step 0; svd's end 200 is not
+    assert s.loc["random", "prediction 3"] == "held" and s.loc["random", "edge_end"] == pytest.approx(40.0)
+    assert s.loc["svd", "prediction 3"] == "failed"
+    assert s.loc["lora_fa", "prediction 3"] == "not yet"
+    assert s.loc["random", "lambda_0"] == 1.0 and s.loc["random", "lambda_end"] == 4.0

@@ -12,6 +12,8 @@ holds the operator, the bounds and the prediction).  Nothing here trains or read
 * :func:`bound_checks`    per task and bound: how many selected rates lie within the bound and how many
   collapsed rates beyond it.
 * :func:`along_table`     the along-training entries: λmax, λmax(P⁻¹H) and η·λmax(P⁻¹H) against 38.
+* :func:`along_summary`   per task × method measured along training: step 0 against the end, and prediction 3
+  (η·λmax(P⁻¹H) rises to O(38) at the later snapshots) judged by :data:`EDGE_FACTOR`.
 """
 from __future__ import annotations
 
@@ -27,6 +29,10 @@ from .stats import spearman_ci
 ADAM_BETA1 = 0.9
 ADAM_BOUND = (2 + 2 * ADAM_BETA1) / (1 - ADAM_BETA1)     # 38
 GD_BOUND = 2.0
+# Prediction 3 says η·λmax(P⁻¹H) is "O(38)" at the later snapshots; read as: within a factor of 3 of 38 at
+# both of them (2/3 and the end of training).  Fixed before any along-training number was computed.
+EDGE_FACTOR = 3.0
+LATER = (2 / 3, 1.0)
 QUANTITIES = {"lambda_max": "λmax(H)", "adapters_max": "λmax(H), adapter block", "precond_max": "λmax(P⁻¹H)"}
 BOUNDS = {"gd": ("lambda_max", GD_BOUND, "2/λmax(H)"), "adam": ("precond_max", ADAM_BOUND, "38/λmax(P⁻¹H)")}
 
@@ -116,6 +122,32 @@ def along_table(data: dict) -> pd.DataFrame:
     cols = ["task", "method", "step", "fraction", "lambda_max", "precond_max", "selected_lr", "lr_x_precond",
             "lr_next"]
     return t[cols].sort_values(["task", "method", "step"]).reset_index(drop=True)
+
+
+def along_summary(data: dict) -> pd.DataFrame:
+    """Per task × method with snapshots: λmax(H) and λmax(P⁻¹H) at step 0 and at the last snapshot, η·λmax(P⁻¹H)
+    (η the selected lr) at step 0 and at each later snapshot, and prediction 3's verdict: "held" when it is
+    within a factor :data:`EDGE_FACTOR` of 38 at both later snapshots and above its step-0 value, "failed"
+    otherwise, "not yet" while a later snapshot is unmeasured."""
+    t = along_table(data)
+    rows = []
+    for (task, method), g in t.groupby(["task", "method"], sort=False):
+        g = g.sort_values("step")
+        s0, last = g.iloc[0], g.iloc[-1]
+        later = [g[np.isclose(g["fraction"], f, atol=0.01)] for f in LATER]
+        ok = [len(x) and np.isfinite(x["lr_x_precond"].iloc[0]) for x in later]
+        vals = [float(x["lr_x_precond"].iloc[0]) if k else math.nan for x, k in zip(later, ok)]
+        if not all(ok) or s0["step"] != 0:
+            verdict = "not yet"
+        else:
+            near = all(ADAM_BOUND / EDGE_FACTOR <= v <= ADAM_BOUND * EDGE_FACTOR for v in vals)
+            verdict = "held" if near and vals[-1] > s0["lr_x_precond"] else "failed"
+        rows.append({"task": task, "method": method, "selected_lr": s0["selected_lr"],
+                     "lambda_0": s0["lambda_max"], "lambda_end": last["lambda_max"],
+                     "precond_0": s0["precond_max"], "precond_end": last["precond_max"],
+                     "edge_0": s0["lr_x_precond"], "edge_2/3": vals[0], "edge_end": vals[1],
+                     "end_fraction": last["fraction"], "prediction 3": verdict})
+    return pd.DataFrame(rows)
 
 
 def coverage(data: dict, methods_per_task: int) -> pd.DataFrame:
