@@ -1,6 +1,8 @@
 """The base-size chapter's analysis (harness/analysis/base.py) on constructed logs: the pilot's budget rule."""
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from harness.analysis import base
@@ -49,3 +51,31 @@ def test_pilot_budget_applies_the_specs_rule(tmp_path):
     ("accuracy", 0.714, 0.684, True), ("accuracy", 0.713, 0.684, False), ("mcc", 0.2, 0.0, True), ("mcc", 0.19, 0.0, False)])
 def test_learned_threshold(metric, final, majority, expected):
     assert base.learned(metric, final, majority) is expected
+
+
+def test_sweep_progress_shows_scores_so_far_and_selects_only_a_complete_series(tmp_path):
+    import yaml
+    out = tmp_path / "sweep"
+    out.mkdir()
+    spec = {"preset": "smoke", "out_dir": str(out), "tasks": ["mrpc"], "seeds": [0],
+            "blocks": [{"methods": ["random", "svd"], "vary": {"lr": [1e-4, 3e-4, 1e-3]}}]}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+
+    def log(method, lr, val, minutes):
+        cfg = make_config("mrpc", method, "smoke", seed=0, lr=lr)
+        final = {"step": 9, "epoch": 1.0, "accuracy": 0.7, "val": {"accuracy": val}}
+        write_json_atomic(out / f"{run_id(cfg)}.json", {
+            "run_id": run_id(cfg), "status": "ok", "reason": None, "config": cfg, "config_hash": config_hash(cfg),
+            "task": {"name": "mrpc", "main_metric": "accuracy", "num_labels": 2, "majority_baseline": {}},
+            "data": {}, "history": {"train_loss": [], "evals": [final]}, "final": final, "env": {},
+            "factors_file": None, "wall_time_s": minutes * 60})
+    for lr, v in ((1e-4, 0.70), (3e-4, 0.74), (1e-3, 0.74)):
+        log("random", lr, v, 40)
+    log("svd", 1e-4, 0.71, 50)
+    p = base.sweep_progress(path).set_index("method")
+    assert p.loc["random", "selected lr"] == 3e-4                      # tie → the smaller rate
+    assert p.loc["random", "minutes per run"] == pytest.approx(40)
+    assert p.loc["random", "val by lr"] == "0.0001: 0.700; 0.0003: 0.740; 0.001: 0.740"
+    assert (p.loc["svd", "logged"], p.loc["svd", "planned"]) == (1, 3)
+    assert math.isnan(p.loc["svd", "selected lr"]) and "0.0003: to run" in p.loc["svd", "val by lr"]

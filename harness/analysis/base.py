@@ -4,6 +4,8 @@ question the chapter asks: does the MiniLM answer hold at base size?
 * :func:`pilot_curves`      every evaluation of the pilot runs (dev and validation metric by epoch);
 * :func:`pilot_budget`      the budget rule of ``configs/base_pilot.yaml``, applied to the pilot's curves;
 * :func:`coverage`          runs logged / planned per grid spec (what ``python -m harness status`` counts);
+* :func:`sweep_progress`    per task × method, each planned lr's validation score so far and, once the series is
+                            complete, the selected lr (the rule of :mod:`harness.protocol`);
 * :func:`model_differences` (method − random) at each method's own lr on MPNet beside the same on MiniLM.
 
 Pure functions of ``logs/base_pilot``, ``logs/base_sweep``, ``logs/base`` and, for MiniLM, ``logs/v2_sweep`` and
@@ -88,6 +90,41 @@ def coverage(spec_path) -> dict:
     status = [run_status(c, out) for c in configs]
     return {"logged": status.count("done"), "failed": sum(s not in ("done", "todo") for s in status),
             "todo": status.count("todo"), "total": len(configs)}
+
+
+def sweep_progress(spec_path) -> "pd.DataFrame":
+    """One row per (task, method) of a sweep spec: each planned lr's final validation score ("to run" while
+    unlogged; edge extensions appear once their series asks for them), runs logged of planned, minutes per run,
+    and the selected lr once every planned run of the series is logged."""
+    import pandas as pd
+    from ..config import run_id
+    from ..grid import expand, grid_out_dir, load_spec, run_status
+    from ..logs import read_log
+    from ..protocol import select_lr_from_scores, val_score
+    spec = load_spec(spec_path)
+    out = grid_out_dir(spec)
+    series: dict[tuple[str, str], dict] = {}
+    for c in expand(spec, out):
+        done = run_status(c, out) in ("done", "failed")
+        lg = read_log(out / f"{run_id(c)}.json") if done else None
+        s = series.setdefault((c["task"], c["method"]), {"scores": {}, "planned": 0, "minutes": []})
+        s["planned"] += 1
+        if lg is not None:
+            s["scores"][c["lr"]] = val_score(lg)
+            s["minutes"].append(lg["wall_time_s"] / 60)
+        else:
+            s["scores"].setdefault(c["lr"], None)
+    rows = []
+    for (task, method), s in series.items():
+        logged = {lr: v for lr, v in s["scores"].items() if v is not None}
+        complete = len(logged) == s["planned"]
+        rows.append({"task": task, "method": method,
+                     "val by lr": "; ".join(f"{lr:g}: " + ("to run" if v is None else "failed" if not math.isfinite(v)
+                                                           else f"{v:.3f}") for lr, v in sorted(s["scores"].items())),
+                     "logged": len(logged), "planned": s["planned"],
+                     "minutes per run": (sum(s["minutes"]) / len(s["minutes"])) if s["minutes"] else None,
+                     "selected lr": select_lr_from_scores(logged) if complete else None})
+    return pd.DataFrame(rows)
 
 
 def model_differences(base_logs, base_sweep, minilm_logs, minilm_sweep) -> "pd.DataFrame":
