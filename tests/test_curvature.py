@@ -327,3 +327,26 @@ def test_along_summary_judges_prediction_3_at_the_later_snapshots(tmp_path):
     assert s.loc["svd", "prediction 3"] == "failed"
     assert s.loc["lora_fa", "prediction 3"] == "not yet"
     assert s.loc["random", "lambda_0"] == 1.0 and s.loc["random", "lambda_end"] == 4.0
+
+
+def test_snapshot_rerun_takes_the_same_steps_as_the_run(glue_fixture, tmp_path, monkeypatch):
+    """The seed-0 rerun behind the along-training entries (no evaluations in between, snapshots saved) ends
+    at the same weights as harness.train.run of its config: the same final validation metric, to the bit."""
+    from harness.train import run
+    cfg = make_config("mrpc", "random", "smoke", seed=0, max_train_examples=32, epochs=2, val_fraction=0.25)
+    monkeypatch.setattr(C, "model_for", lambda task, method, data_dir, dtype: (
+        cfg, prepare(cfg, str(glue_fixture)), {"swept": {}}))
+    r = C.train_snapshots("mrpc", "random", tmp_path / "snaps", fractions=(0.5, 1.0), data_dir=str(glue_fixture))
+    log = run(cfg, tmp_path / "run", str(glue_fixture), progress=False, save_factors=True)
+    assert r["status"] == log["status"] == "ok" and r["steps"] == log["steps"]
+    assert r["val"] == log["final"]["val"]["accuracy"]
+    assert sorted(r["snapshots"]) == [log["steps"] // 2, log["steps"]]
+    from safetensors.torch import load_file
+    last = load_file(r["snapshots"][log["steps"]])
+    trained = load_file(tmp_path / "run" / log["factors_file"])
+    pairs = [(k, t) for k, t in trained.items() if k.endswith("lora_B")]
+    assert pairs
+    for k, t in pairs:                 # the run's trained B equals the snapshot's, bit for bit
+        (snap,) = [v for n, v in last.items() if n.startswith("param/") and n.endswith(k.split("base_model.")[-1])]
+        assert torch.equal(snap, t)
+    assert any(k.startswith("vhat/") for k in last) and all(torch.isfinite(v).all() for v in last.values())
