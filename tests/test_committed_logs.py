@@ -18,7 +18,7 @@ from harness.grid import expand, load_spec
 ROOT = Path(__file__).resolve().parent.parent
 # Grids still filling across sessions (NOTES.md says how many runs remain): every logged run must belong to the
 # spec, but configs without a log are expected.
-IN_PROGRESS = {"base_pilot", "base_sweep", "base", "init_pull_sweep"}
+IN_PROGRESS = {"base_pilot", "base_sweep", "base", "init_pull"}
 GRIDS = sorted(p.name for p in (ROOT / "logs").iterdir() if p.is_dir() and (ROOT / "configs" / f"{p.name}.yaml").is_file()) \
     if (ROOT / "logs").is_dir() else []
 
@@ -66,3 +66,16 @@ def test_main_lr_is_the_protocol_selected_lr_in_grids_with_lr_from():
     assert main_lr(v2, "mrpc", "lora_fa") == pytest.approx(3e-3)
     assert main_lr(v2, "mrpc", "random") == pytest.approx(1e-3)
     assert main_lr(ranks, "mrpc", "lora_fa_svd") == pytest.approx(3e-3)   # not the r = 64 check's 1e-3
+
+
+def test_init_pull_step_2_runs_the_arm_the_rule_chose():
+    """configs/init_pull.yaml runs each method at a = 0 and at the a its sweep's logs choose (the seed project's
+    0.05 where the rule keeps 0), at the sweep's learning rate."""
+    from harness.analysis import init_pull as ip
+    sweep = ROOT / "logs" / "init_pull_sweep"
+    if not any(sweep.glob("*.json")):
+        pytest.skip("logs/init_pull_sweep: no run logged yet")
+    step1, step2 = (load_spec(ROOT / "configs" / f"{n}.yaml") for n in ("init_pull_sweep", "init_pull"))
+    arms = {("mrpc", m): (sorted(b["vary"]["init_pull"]), b["overrides"]) for b in step2["blocks"] for m in b["methods"]}
+    lrs = {("mrpc", m): b["overrides"] for b in step1["blocks"] for m in b["methods"]}
+    assert arms == {k: ([0.0, a or ip.SEED_PROJECT_A], lrs[k]) for k, a in ip.chosen_pulls(sweep).items()}
