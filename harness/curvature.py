@@ -316,7 +316,16 @@ def read_results(path) -> dict:
 
 
 def merge_entry(path, entry: dict) -> dict:
-    """Put ``entry`` into the results file, replacing the one with the same (task, method, step); atomic."""
+    """Put ``entry`` into the results file, replacing the one with the same (task, method, step); atomic, and
+    under a file lock, so that two measuring processes cannot drop each other's entries (read-modify-write)."""
+    from filelock import FileLock
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(p.with_name(f".{p.name}.lock"))):
+        return _merge_entry(p, entry)
+
+
+def _merge_entry(path: Path, entry: dict) -> dict:
     from .logs import write_json_atomic
     data = read_results(path)
     key = (entry["task"], entry["method"], entry["step"])
@@ -528,6 +537,19 @@ def _methods(names: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def _fraction(text: str) -> float:
+    """A fraction of training in (0, 1], written as a decimal or as p/q."""
+    import argparse
+    try:
+        num, _, den = text.partition("/")
+        value = float(num) / float(den or 1)
+    except (ValueError, ZeroDivisionError):
+        value = math.nan
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"bad fraction {text!r}; valid: a number in (0, 1], e.g. 1 or 2/3")
+    return value
+
+
 def _parser():
     """``python -m harness.curvature``'s options: step0, train (snapshots) and along."""
     import argparse
@@ -555,6 +577,8 @@ def _parser():
     pt.add_argument("--task", required=True)
     pt.add_argument("--method", required=True)
     pt.add_argument("--snapshots", default=str(SNAPSHOT_DIR), help=f"default {SNAPSHOT_DIR}")
+    pt.add_argument("--at", nargs="+", type=_fraction, default=list(ALONG), metavar="FRACTION",
+                    help="fractions of training after which to save (default 1/3 2/3 1)")
     pa = sub.add_parser("along", parents=[common], help="measure at the saved snapshots")
     pa.add_argument("--task", required=True)
     pa.add_argument("--methods", nargs="+", default=["v2"])
@@ -580,7 +604,8 @@ def main(argv=None) -> int:
                 raise UserError(f"unknown curvature task {bad[0]!r}; valid: {', '.join(TASKS)}")
             methods = _methods(args.methods if args.cmd != "train" else [args.method])
             if args.cmd == "train":
-                r = train_snapshots(tasks[0], methods[0], resolve(args.snapshots), data_dir=args.data_dir)
+                r = train_snapshots(tasks[0], methods[0], resolve(args.snapshots), fractions=args.at,
+                                    data_dir=args.data_dir)
                 print(f"{tasks[0]} {methods[0]}: {r['status']}, {r['steps']} steps, final val {r['val']:.4f} "
                       f"(sweep run: {r['sweep_val']}); snapshots: {', '.join(r['snapshots'].values())}")
                 return 0

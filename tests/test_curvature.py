@@ -254,7 +254,35 @@ def test_results_merge_by_task_method_step(tmp_path):
     assert C.missing_parts(data["entries"][1], C.PARTS, "full") == []
 
 
+def _merge_many(out, method, n):
+    for step in range(n):
+        C.merge_entry(out, {"task": "mrpc", "method": method, "step": step, "top": [float(step)]})
+
+
+def test_results_merge_from_two_processes_keeps_every_entry(tmp_path):
+    """Two measuring processes writing one results file: the lock around read-modify-write keeps both."""
+    import multiprocessing as mp
+    out = tmp_path / "c.json"
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_merge_many, args=(out, m, 40)) for m in ("svd", "random")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    entries = json.loads(out.read_text())["entries"]
+    assert sorted((e["method"], e["step"]) for e in entries) == sorted((m, s) for m in ("svd", "random")
+                                                                       for s in range(40))
+
+
+def test_train_fractions_parse_decimals_and_ratios():
+    args = C._parser().parse_args(["train", "--task", "mrpc", "--method", "svd", "--at", "2/3", "1"])
+    assert args.at == [pytest.approx(2 / 3), 1.0]
+    assert C._parser().parse_args(["train", "--task", "mrpc", "--method", "svd"]).at == list(C.ALONG)
+
+
 @pytest.mark.parametrize("argv, msg", [
+    (["train", "--task", "mrpc", "--method", "svd", "--at", "1.5"], "bad fraction '1.5'; valid: a number in (0, 1]"),
+    (["train", "--task", "mrpc", "--method", "svd", "--at", "x/3"], "bad fraction 'x/3'"),
     (["step0", "--tasks", "rte"], "unknown curvature task 'rte'; valid: mrpc, cola"),
     (["step0", "--methods", "nope"], "unknown method 'nope'; valid: v2, inits, all, full"),
     (["along", "--task", "mrpc", "--parts", "x"], "invalid choice"),
