@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 GLUE_DIR ?= ../shared/glue
 GRIDS ?= configs/sweep.yaml configs/quick.yaml configs/v2_sweep.yaml configs/v2.yaml configs/inits_sweep.yaml configs/inits.yaml configs/ranks.yaml configs/precision.yaml configs/precision_cpu.yaml \
-        configs/bi_sweep.yaml configs/bi.yaml configs/base_pilot.yaml configs/init_pull_sweep.yaml
+        configs/bi_sweep.yaml configs/bi.yaml configs/base_pilot.yaml configs/init_pull_sweep.yaml configs/init_pull.yaml
 MATHJAX := book/_static/mathjax/tex-chtml.js
 
 .PHONY: study install install-ann lock install-base results grid planted figures book test bench clean-book
