@@ -18,7 +18,7 @@ from harness.grid import expand, load_spec
 ROOT = Path(__file__).resolve().parent.parent
 # Grids still filling across sessions (NOTES.md says how many runs remain): every logged run must belong to the
 # spec, but configs without a log are expected.
-IN_PROGRESS = {"base_pilot", "base_sweep", "base"}
+IN_PROGRESS = {"base_sweep", "base"}
 GRIDS = sorted(p.name for p in (ROOT / "logs").iterdir() if p.is_dir() and (ROOT / "configs" / f"{p.name}.yaml").is_file()) \
     if (ROOT / "logs").is_dir() else []
 
