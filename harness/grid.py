@@ -190,6 +190,13 @@ def _stop_signal(signum, frame):
         raise Interrupted(signum)
 
 
+def _note_signal(signum, frame):
+    """SIGINT/SIGTERM while the grid process waits on its worker pool: noted only; the wait loop raises
+    :class:`Interrupted` at its next poll.  Raised from the handler, it could land inside concurrent.futures'
+    lock handling and leave a future's lock held, and the pool's shutdown would then wait forever."""
+    _SIGNALS.append(signum)
+
+
 def _worker_signal(signum, frame):
     """In a worker: interrupt the run in flight (it records itself as interrupted); an idle worker just exits."""
     if not _IN_RUN:
@@ -507,12 +514,17 @@ def _run_todo(todo, out, data_dir, device, executor, kernel, options, workers, t
         return
     from concurrent.futures import FIRST_COMPLETED, wait
     from concurrent.futures.process import BrokenProcessPool
-    pool = _worker_pool(workers, threads, device)
-    pending = {pool.submit(_execute, c, str(out), data_dir, device, executor, kernel, options, threads): c
-               for c in todo}
+    in_main = threading.current_thread() is threading.main_thread()
+    old = {s: signal.signal(s, _note_signal) for s in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
+    pool, pending = None, {}
     try:
+        pool = _worker_pool(workers, threads, device)
+        pending = {pool.submit(_execute, c, str(out), data_dir, device, executor, kernel, options, threads): c
+                   for c in todo}
         while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)   # a timeout: polls for signals
+            if _SIGNALS:
+                raise Interrupted(_SIGNALS[0])
             for f in done:
                 cfg = pending.pop(f)
                 try:
@@ -524,6 +536,8 @@ def _run_todo(todo, out, data_dir, device, executor, kernel, options, workers, t
                 bar.update(1)
                 if result[run_id(cfg)] == "interrupted":      # a signal to that worker alone stops the grid too
                     raise Interrupted(signal.SIGTERM)
+        if _SIGNALS:                    # came after the last poll: the grid must not go on to an edge extension
+            raise Interrupted(_SIGNALS[0])
     finally:
         bar.close()
         if pending:                      # interrupted or a worker died: stop the runs in flight (their logs are
@@ -532,7 +546,10 @@ def _run_todo(todo, out, data_dir, device, executor, kernel, options, workers, t
             for proc in list((pool._processes or {}).values()):
                 if proc.is_alive():
                     proc.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 RAY_RETRIES = 2     # a run whose Ray worker dies (killed, node lost) is run again this many times, then logged failed

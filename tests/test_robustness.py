@@ -519,3 +519,44 @@ def test_a_signal_stops_the_grid_and_a_plain_rerun_finishes_it(executor, signum,
         assert log["status"] == "ok" and log["final"] == final, rid
     with capsys.disabled():
         print(f"\n{report}; the rerun equals a clean run")
+
+
+def test_a_stop_signal_while_the_pool_runs_is_raised_at_the_next_poll_never_inside_the_pool(monkeypatch, tmp_path):
+    """Raised from the signal handler, the stop could land inside concurrent.futures' own code (holding a
+    future's lock), and the pool's shutdown then waited forever: the grid process hung after SIGTERM.  While the
+    pool runs, the handler only notes the signal; the wait loop raises it within one poll and shuts the pool down."""
+    from concurrent.futures import Future
+
+    import harness.grid as g
+    seen = []
+
+    class Pool:                     # stands in for the process pool: its submit is where the signal arrives
+        _processes = {}
+
+        def submit(self, *args):
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(100_000):      # the handler runs between these bytecodes
+                    pass
+            except g.Interrupted:
+                seen.append("raised inside the pool")
+                raise
+            seen.append("submitted")
+            return Future()           # never completes: only the poll can end the wait
+
+        def shutdown(self, wait, cancel_futures):
+            seen.append("shut down")
+
+    monkeypatch.setattr(g, "_worker_pool", lambda *a: Pool())
+    previous = signal.signal(signal.SIGTERM, g._stop_signal)     # as run_grid installs it
+    g._SIGNALS.clear()
+    try:
+        t0 = time.time()
+        with pytest.raises(g.Interrupted) as e:
+            g._run_todo([{"epochs": 1}], tmp_path, None, "cpu", "process", "", {}, 2, 1, False, {})
+        assert signal.getsignal(signal.SIGTERM) is g._stop_signal    # the grid's own handler is back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        g._SIGNALS.clear()
+    assert seen == ["submitted", "shut down"] and e.value.signum == signal.SIGTERM
+    assert time.time() - t0 < 5
