@@ -74,7 +74,10 @@ def step0(data: dict) -> pd.DataFrame:
     return t[t["step"] == 0].reset_index(drop=True)
 
 
-def correlations(data: dict, n_boot: int = 2000) -> pd.DataFrame:
+N_BOOT = 2000         # bootstrap resamples of the inits behind each Spearman interval
+
+
+def correlations(data: dict, n_boot: int = N_BOOT) -> pd.DataFrame:
     """Spearman ρ(quantity at step 0, selected lr) over inits, per task: over the adapter inits, and with full
     fine-tuning; 95 % percentile bootstrap interval.  The prediction says ρ < 0 (interval below 0)."""
     t = step0(data)
