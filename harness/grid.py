@@ -178,7 +178,9 @@ class Interrupted(BaseException):
 
 
 _IN_RUN = False             # set while a config executes in this process
+_IN_WORKER = False          # set in a grid's pool worker (by _worker_init)
 _SIGNALS: list[int] = []    # the stop signals this process received while a grid (or a worker's run) ran
+STOP_GRACE_S = 20.0         # a stopped grid's workers have this long to log their runs as interrupted, then are killed
 
 
 def _stop_signal(signum, frame):
@@ -232,6 +234,8 @@ def _execute(cfg: dict, out: str, data_dir: str | None, device: str | None, exec
         if _own_log(cfg, out) is None:       # a run that wrote its log just before the signal keeps it
             write_json_atomic(out / f"{rid}.json", failure_log(cfg, f"interrupted ({e or 'SIGINT'})",
                                                                time.time() - t0, "interrupted"))
+        if _IN_WORKER:      # leave the pool: back at its queue, a worker whose pool is broken waits there forever
+            os._exit(128 + getattr(e, "signum", signal.SIGINT))
         return "interrupted"
     finally:
         _IN_RUN = False
@@ -321,6 +325,11 @@ def _quiet_papermill() -> None:
 
 
 def _worker_init(threads: int | None, gpu_slots=None):
+    global _IN_WORKER
+    _IN_WORKER = True
+    # A worker's bars share no process: a thread lock spares the semaphore that tqdm's default lock would
+    # create and that a stopped worker, exiting at once, would leak.
+    tqdm.set_lock(threading.RLock())
     signal.signal(signal.SIGTERM, _worker_signal)
     signal.signal(signal.SIGINT, _worker_signal)     # Ctrl-C reaches the whole process group
     if threads:
@@ -516,11 +525,12 @@ def _run_todo(todo, out, data_dir, device, executor, kernel, options, workers, t
     from concurrent.futures.process import BrokenProcessPool
     in_main = threading.current_thread() is threading.main_thread()
     old = {s: signal.signal(s, _note_signal) for s in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
-    pool, pending = None, {}
+    pool, pending, procs = None, {}, []
     try:
         pool = _worker_pool(workers, threads, device)
         pending = {pool.submit(_execute, c, str(out), data_dir, device, executor, kernel, options, threads): c
                    for c in todo}
+        procs = list((pool._processes or {}).values())   # a spawn pool starts them all at the first submit
         while pending:
             done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)   # a timeout: polls for signals
             if _SIGNALS:
@@ -530,26 +540,43 @@ def _run_todo(todo, out, data_dir, device, executor, kernel, options, workers, t
                 try:
                     result[run_id(cfg)] = f.result()
                 except BrokenProcessPool:
+                    stopped = (128 + signal.SIGTERM, 128 + signal.SIGINT)   # a worker told to stop logs, then exits
+                    for p in procs:
+                        p.join(0.1)             # the pool's thread may be reaping them: read settled exit codes
+                    if all(p.exitcode in (None, 0, *stopped) for p in procs):
+                        raise Interrupted(signal.SIGTERM) from None      # a signal to a worker alone stops the grid
                     raise UserError(f"a grid worker died (killed?) while running {run_id(cfg)}; finished runs are "
                                     f"logged, run the same grid command again to resume") from None
                 tqdm.write(_summary(_own_log(cfg, out)))
                 bar.update(1)
-                if result[run_id(cfg)] == "interrupted":      # a signal to that worker alone stops the grid too
-                    raise Interrupted(signal.SIGTERM)
         if _SIGNALS:                    # came after the last poll: the grid must not go on to an edge extension
             raise Interrupted(_SIGNALS[0])
     finally:
         bar.close()
-        if pending:                      # interrupted or a worker died: stop the runs in flight (their logs are
-            for f in pending:            # written last, so nothing half-written stays; each records 'interrupted')
+        if pending:                      # interrupted or a worker died: stop the runs in flight
+            for f in pending:
                 f.cancel()
-            for proc in list((pool._processes or {}).values()):
-                if proc.is_alive():
-                    proc.terminate()
+            _stop_workers(procs)
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
         for s, handler in old.items():
             signal.signal(s, handler)
+
+
+def _stop_workers(procs: list) -> None:
+    """SIGTERM each live worker (one in a run logs it as interrupted and exits; an idle one exits), wait up to
+    STOP_GRACE_S for them all, then SIGKILL the rest.  A run writes its log last and atomically, so a killed worker
+    leaves its config todo, never half a log; and with every worker gone the pool's shutdown has none to wait on."""
+    for p in procs:
+        if p.exitcode is None:
+            p.terminate()
+    deadline = time.time() + STOP_GRACE_S
+    for p in procs:
+        p.join(max(0.0, deadline - time.time()))
+    for p in procs:
+        if p.exitcode is None:
+            p.kill()
+            p.join(5)
 
 
 RAY_RETRIES = 2     # a run whose Ray worker dies (killed, node lost) is run again this many times, then logged failed

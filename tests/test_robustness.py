@@ -521,6 +521,55 @@ def test_a_signal_stops_the_grid_and_a_plain_rerun_finishes_it(executor, signum,
         print(f"\n{report}; the rerun equals a clean run")
 
 
+WORKER_STOPPED_TWICE = """
+import os, signal, sys, time
+import harness.grid as g, harness.train as train
+from harness.config import make_config
+
+def run(*args, **kw):                       # the grid's stop reaches the worker mid-run
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+
+def write_signalled(*args):                 # and a second one while the run logs itself
+    os.kill(os.getpid(), signal.SIGTERM)
+    write(*args)
+
+train.run, write, g.write_json_atomic = run, g.write_json_atomic, write_signalled
+g._worker_init(1)
+print(g._execute(make_config("mrpc", "random", "smoke"), sys.argv[1], None, "cpu", "process", "", {}, 1))
+"""
+
+
+def test_a_worker_stopped_in_a_run_logs_it_then_exits_even_if_signalled_twice(subprocess_env, tmp_path):
+    """A worker that returned to its queue after logging an interrupted run could wait there forever: a second
+    SIGTERM (the pool's own, once another worker had exited) came while it logged and was only noted, and the
+    broken pool never sent it the end.  The grid process hung in the pool's shutdown.  It now exits at once."""
+    proc = subprocess.run([sys.executable, "-c", WORKER_STOPPED_TWICE, str(tmp_path)], cwd=ROOT, env=subprocess_env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM and proc.stdout == "", (proc.returncode, proc.stdout, proc.stderr)
+    (log,) = tmp_path.glob("*.json")
+    assert json.loads(log.read_text())["status"] == "interrupted"
+
+
+def test_stopping_the_workers_kills_one_that_ignores_sigterm_after_the_grace(monkeypatch):
+    import multiprocessing as mp
+
+    import harness.grid as g
+    ctx = mp.get_context("spawn")
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)     # inherited: the child ignores SIGTERM too
+    try:
+        deaf = ctx.Process(target=time.sleep, args=(60,))
+        deaf.start()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    polite = ctx.Process(target=time.sleep, args=(60,))
+    polite.start()
+    monkeypatch.setattr(g, "STOP_GRACE_S", 1.0)
+    t0 = time.time()
+    g._stop_workers([deaf, polite])
+    assert (deaf.exitcode, polite.exitcode) == (-signal.SIGKILL, -signal.SIGTERM) and time.time() - t0 < 4
+
+
 def test_a_stop_signal_while_the_pool_runs_is_raised_at_the_next_poll_never_inside_the_pool(monkeypatch, tmp_path):
     """Raised from the signal handler, the stop could land inside concurrent.futures' own code (holding a
     future's lock), and the pool's shutdown then waited forever: the grid process hung after SIGTERM.  While the
