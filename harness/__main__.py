@@ -293,8 +293,8 @@ def _dispatch(args, created: list) -> int:
         out = grid_out_dir(spec, args.out_dir)
         if out.exists():
             _readable_dir(out, "--out-dir" if args.out_dir else f"{args.spec}: out_dir")
-        counts = {}
-        for cfg in expand(spec, out):
+        counts, waiting = {}, []
+        for cfg in expand(spec, out, waiting):
             st = run_status(cfg, out)
             counts[st] = counts.get(st, 0) + 1
             why = ""
@@ -304,6 +304,10 @@ def _dispatch(args, created: list) -> int:
                 except CorruptLogs as e:
                     why = "  " + e.problems[0].split(": ", 1)[-1]
             print(f"{st:7s} {run_id(cfg)}{why}")
+        for task, method, seed in waiting:
+            print(f"waiting {task} {method} seed {seed}: its lr sweep ({spec['lr_from']}) has runs to do")
+        if waiting:
+            counts["waiting"] = len(waiting)
         print(", ".join(f"{v} {k}" for k, v in counts.items()))
         return 1 if "corrupt" in counts else 0
     if args.cmd == "readme":

@@ -317,22 +317,15 @@ def grid_status_table():
 
     from .grid import expand, load_spec, run_status
 
-    from .tasks import UserError
-
     rows = []
     for spec_path in sorted((ROOT / "configs").glob("*.yaml")):
         spec = load_spec(spec_path)
         out = logs_root() / Path(spec.get("out_dir") or spec["name"]).name
-        counts = {"done": 0, "failed": 0, "todo": 0}
-        try:
-            configs = expand(spec)
-        except UserError:       # a final grid whose lr sweep (lr_from) has not finished: its configs are unknown
-            rows.append(dict(grid=spec_path.name, runs=None, done=0, failed=0, todo=None,
-                             note=f"waits for its lr sweep ({spec.get('lr_from')})"))
-            continue
-        for cfg in configs:
+        counts, waiting = {"done": 0, "failed": 0, "todo": 0}, []
+        for cfg in expand(spec, None, waiting):     # a final grid's cells whose lr sweep is unfinished wait
             counts[run_status(cfg, out)] += 1
-        rows.append(dict(grid=spec_path.name, runs=sum(counts.values()), **counts, note=""))
+        note = f"{len(waiting)} wait for their lr sweep ({spec.get('lr_from')})" if waiting else ""
+        rows.append(dict(grid=spec_path.name, runs=sum(counts.values()) + len(waiting), **counts, note=note))
     return pd.DataFrame(rows)
 
 

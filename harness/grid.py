@@ -42,11 +42,18 @@ ROOT = Path(__file__).resolve().parent.parent
 TRAIN_NOTEBOOK = ROOT / "notebooks" / "train.ipynb"
 
 
-def expand(spec: dict, out: Path | None = None) -> list[dict]:
+class SweepUnfinished(UserError):
+    """A config of an ``lr_from`` grid whose (task, method) series in the sweep still has runs to do."""
+
+
+def expand(spec: dict, out: Path | None = None, waiting: list | None = None) -> list[dict]:
     """All configs of a spec, in order, without duplicates.
 
     ``lr_from: <sweep spec>``: each (task, method) runs at the lr that :func:`harness.protocol.select_lr`
-    picks from that sweep's logs (an error while the sweep is unfinished).  ``extend_lr_edges: n``: when
+    picks from that sweep's logs.  A (task, method) whose sweep series is unfinished (edge extensions
+    included) raises :class:`SweepUnfinished`, unless ``waiting`` is a list: its configs are then left out
+    and appended there as ``(task, method, seed)``, so that the cells already selected can run while the
+    sweep goes on.  ``extend_lr_edges: n``: when
     a (task, method)'s best logged lr is the smallest or largest tried, the next rate on the 1-3 ladder
     beyond it is added (up to n per side), so the grid grows until each optimum is inside its range;
     this needs the logs in ``out``.
@@ -66,7 +73,13 @@ def expand(spec: dict, out: Path | None = None) -> list[dict]:
                 *[vary[k] for k in keys]):
             over = {**(s.get("overrides") or {}), **dict(zip(keys, values))}
             if chooser and "lr" not in over:
-                over["lr"] = chooser(task, method)
+                try:
+                    over["lr"] = chooser(task, method)
+                except SweepUnfinished:
+                    if waiting is None:
+                        raise
+                    waiting.append((task, method, seed))
+                    continue
             cfg = make_config(task, method, s.get("preset", "quick"), seed=seed, **over)
             h = config_hash(cfg)
             if h not in seen:
@@ -77,18 +90,31 @@ def expand(spec: dict, out: Path | None = None) -> list[dict]:
     return configs
 
 
+def _cells(waiting: list) -> str:
+    """'cola random, mrpc svd': the (task, method) cells of :func:`expand`'s waiting configs, in order."""
+    return ", ".join(f"{t} {m}" for t, m in dict.fromkeys((t, m) for t, m, _ in waiting))
+
+
 def _lr_chooser(sweep_path: str):
-    """(task, method) → the lr selected on the validation split of the sweep at ``sweep_path``."""
+    """(task, method) → the lr selected on the validation split of the sweep at ``sweep_path``;
+    :class:`SweepUnfinished` while that (task, method)'s series there has runs to do."""
+    from .logs import read_logs
     from .protocol import select_lr
     sweep = load_spec(resolve(sweep_path))
     sweep_out = grid_out_dir(sweep)
-    todo = [c for c in expand(sweep, sweep_out) if run_status(c, sweep_out) == "todo"]
-    if todo:
-        raise UserError(f"the lr sweep {sweep_path} is not finished ({len(todo)} runs to do, e.g. {run_id(todo[0])}); "
-                        f"run `python -m harness grid {sweep_path}` first")
-    from .logs import read_logs
-    logs = read_logs(sweep_out)
-    return lambda task, method: select_lr(logs, task, method, where=sweep_path)
+    todo: dict[tuple[str, str], dict] = {}
+    for c in expand(sweep, sweep_out):
+        if run_status(c, sweep_out) == "todo":
+            todo.setdefault((c["task"], c["method"]), c)
+    logs = read_logs(sweep_out) if sweep_out.is_dir() else []
+
+    def choose(task: str, method: str) -> float:
+        if (task, method) in todo:
+            raise SweepUnfinished(f"the lr sweep {sweep_path} is not finished for {task} {method} "
+                                  f"(e.g. {run_id(todo[task, method])} to do); run "
+                                  f"`python -m harness grid {sweep_path}` first")
+        return select_lr(logs, task, method, where=sweep_path)
+    return choose
 
 
 def _ladder(x: float, up: bool) -> float:
@@ -407,7 +433,7 @@ def run_grid(spec: dict, data_dir: str | None = None, device: str | None = None,
     data_dir = data_dir or os.environ.get("GLUE_DIR")   # the notebook runs in ROOT: pass an absolute path
     if data_dir:
         data_dir = os.path.abspath(os.path.expanduser(data_dir))
-    configs = expand(spec, out)
+    configs = expand(spec, out, [])
     _refuse_corrupt(configs, out)
     options = {"save_factors": bool(spec.get("save_factors", True)),
                "compact_factors": bool(spec.get("compact_factors", False))}
@@ -422,7 +448,8 @@ def run_grid(spec: dict, data_dir: str | None = None, device: str | None = None,
                 _salvage_or_remove(tmp, out)        # debris of a killed run: never a log (globs overlap)
             first = True
             while True:
-                configs = expand(spec, out)
+                waiting: list = []
+                configs = expand(spec, out, waiting)
                 status = {run_id(c): run_status(c, out) for c in configs}     # each log read once per pass
                 _refuse_corrupt(configs, out, status)
                 for rid, st in status.items():
@@ -431,7 +458,8 @@ def run_grid(spec: dict, data_dir: str | None = None, device: str | None = None,
                         or (retry_failed and first and status[run_id(c)] == "failed")]
                 if first or todo:
                     print(f"grid {spec['name']}: {len(configs)} runs, {len(configs) - len(todo)} already logged, "
-                          f"{len(todo)} to run → {out}" + (f" ({workers} workers, {executor})" if workers > 1 else ""),
+                          f"{len(todo)} to run → {out}" + (f" ({workers} workers, {executor})" if workers > 1 else "")
+                          + (f"; {len(waiting)} wait for their lr sweep ({_cells(waiting)})" if waiting else ""),
                           flush=True)
                 if first and todo:
                     _warn_slow_bf16(todo, device)
@@ -448,7 +476,8 @@ def run_grid(spec: dict, data_dir: str | None = None, device: str | None = None,
                 _salvage_or_remove(tmp, out)        # of a run killed and retried elsewhere (Ray): never a log
     except (KeyboardInterrupt, Interrupted) as e:
         signum = getattr(e, "signum", signal.SIGINT)
-        left = sum(1 for c in expand(spec, out) if run_status(c, out) in ("todo", "corrupt"))
+        waiting = []
+        left = sum(1 for c in expand(spec, out, waiting) if run_status(c, out) in ("todo", "corrupt")) + len(waiting)
         raise Interrupted(signum, f"the runs in flight are logged as interrupted; {left} runs left in {out}; "
                                   f"run the same grid command again to resume") from None
     finally:

@@ -109,6 +109,41 @@ def test_edge_extension_and_lr_from_follow_the_sweep_logs(tmp_path):
     assert {c["lr"] for c in expand(load_spec(final))} == {1e-2}        # the final grid runs the selected lr
 
 
+def test_lr_from_runs_the_cells_whose_sweep_is_finished_and_lists_the_rest_as_waiting(tmp_path, capsys,
+                                                                                     glue_fixture):
+    from harness.__main__ import main
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"preset: smoke\nout_dir: {tmp_path / 'sw'}\ntasks: [mrpc]\nmethods: [random, svd]\n"
+                     "seeds: [0]\nextend_lr_edges: 1\nvary: {lr: [0.001, 0.003, 0.01]}\n")
+    final = tmp_path / "final.yaml"
+    final.write_text(f"preset: smoke\nout_dir: {tmp_path / 'fin'}\nlr_from: {sweep}\ntasks: [mrpc]\n"
+                     "methods: [random, svd]\nseeds: [0, 1]\n")
+    out = tmp_path / "sw"
+    out.mkdir()
+    for cfg, val in zip(expand(load_spec(sweep), out), [0.6, 0.7, 0.65, 0.6, 0.6, 0.7]):
+        if cfg["method"] == "random" or cfg["lr"] != 0.01:     # svd's last rate is still to run
+            write_json_atomic(out / f"{run_id(cfg)}.json", {**_log("mrpc", cfg["method"], cfg["lr"], val),
+                              "run_id": run_id(cfg), "config": cfg, "config_hash": config_hash(cfg),
+                              "history": {}, "env": {}, "data": {}})
+    with pytest.raises(UserError, match="not finished for mrpc svd"):
+        expand(load_spec(final))
+    waiting = []
+    ready = expand(load_spec(final), None, waiting)
+    assert [(c["method"], c["lr"], c["seed"]) for c in ready] == [("random", 3e-3, 0), ("random", 3e-3, 1)]
+    assert waiting == [("mrpc", "svd", 0), ("mrpc", "svd", 1)]
+    capsys.readouterr()
+    assert main(["status", str(final)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "2 todo, 2 waiting" and sum(ln.startswith("waiting mrpc svd seed") for ln in lines) == 2
+    from harness.analysis.base import coverage
+    assert coverage(final) == {"logged": 0, "failed": 0, "todo": 2, "waiting": 2, "total": 4}
+    from harness.grid import run_grid
+    result = run_grid(load_spec(final), str(glue_fixture), "cpu", executor="process", progress=False)
+    assert sorted(result) == sorted(run_id(c) for c in ready) and set(result.values()) == {"done"}
+    assert "2 wait for their lr sweep (mrpc svd)" in capsys.readouterr().out
+    assert coverage(final) == {"logged": 2, "failed": 0, "todo": 0, "waiting": 2, "total": 4}
+
+
 # ------------------------------------------------------------------ statistics
 def test_paired_interval_and_p_match_scipy():
     a, b = {0: 0.70, 1: 0.72, 2: 0.71, 3: 0.69}, {0: 0.73, 1: 0.72, 2: 0.75, 3: 0.70}

@@ -77,19 +77,16 @@ def pilot_budget(log_dir) -> "pd.DataFrame":
 
 
 def coverage(spec_path) -> dict:
-    """{"logged": ok runs, "failed": failed/interrupted, "todo": configs without a log, "total": planned} of a
-    grid spec, as ``python -m harness status`` counts them (an lr_from spec whose sweep is unfinished: None)."""
+    """{"logged": ok runs, "failed": failed/interrupted, "todo": configs without a log, "waiting": configs whose
+    lr sweep series is unfinished (an lr_from spec), "total": planned} of a grid spec, as ``python -m harness
+    status`` counts them."""
     from ..grid import expand, grid_out_dir, load_spec, run_status
-    from ..tasks import UserError
     spec = load_spec(spec_path)
     out = grid_out_dir(spec)
-    try:
-        configs = expand(spec, out)
-    except UserError:           # the final grid's lrs come from an unfinished sweep
-        return None
-    status = [run_status(c, out) for c in configs]
+    waiting: list = []
+    status = [run_status(c, out) for c in expand(spec, out, waiting)]
     return {"logged": status.count("done"), "failed": sum(s not in ("done", "todo") for s in status),
-            "todo": status.count("todo"), "total": len(configs)}
+            "todo": status.count("todo"), "waiting": len(waiting), "total": len(status) + len(waiting)}
 
 
 def sweep_progress(spec_path) -> "pd.DataFrame":
