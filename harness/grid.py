@@ -26,6 +26,7 @@ import os
 import signal
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
@@ -223,6 +224,21 @@ def _note_signal(signum, frame):
     :class:`Interrupted` at its next poll.  Raised from the handler, it could land inside concurrent.futures'
     lock handling and leave a future's lock held, and the pool's shutdown would then wait forever."""
     _SIGNALS.append(signum)
+
+
+@contextmanager
+def _stop_signals(handler):
+    """SIGTERM and SIGINT go to ``handler`` within the block; the previous handlers come back after.  Nothing
+    outside the main thread, which alone can set handlers and receives the signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def _worker_signal(signum, frame):
@@ -438,53 +454,57 @@ def run_grid(spec: dict, data_dir: str | None = None, device: str | None = None,
     options = {"save_factors": bool(spec.get("save_factors", True)),
                "compact_factors": bool(spec.get("compact_factors", False))}
     result: dict[str, str] = {}
-    in_main = threading.current_thread() is threading.main_thread()
-    old = {s: signal.signal(s, _stop_signal) for s in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
-    _SIGNALS.clear()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with GridLock(out):
-            for tmp in [*out.glob(".*.tmp"), *out.glob(".*.tmp.ipynb"), *out.glob("*.tmp")]:
-                _salvage_or_remove(tmp, out)        # debris of a killed run: never a log (globs overlap)
-            first = True
-            while True:
-                waiting: list = []
-                configs = expand(spec, out, waiting)
-                status = {run_id(c): run_status(c, out) for c in configs}     # each log read once per pass
-                _refuse_corrupt(configs, out, status)
-                for rid, st in status.items():
-                    result.setdefault(rid, st)
-                todo = [c for c in configs if status[run_id(c)] == "todo"
-                        or (retry_failed and first and status[run_id(c)] == "failed")]
-                if first or todo:
-                    print(f"grid {spec['name']}: {len(configs)} runs, {len(configs) - len(todo)} already logged, "
-                          f"{len(todo)} to run → {out}" + (f" ({workers} workers, {executor})" if workers > 1 else "")
-                          + (f"; {len(waiting)} wait for their lr sweep ({_cells(waiting)})" if waiting else ""),
-                          flush=True)
-                if first and todo:
-                    _warn_slow_bf16(todo, device)
-                if not todo:
-                    break
-                first = False
-                if executor == "ray":
-                    _run_todo_ray(todo, out, data_dir, device, options, workers, threads or 1, gpus_per_run,
-                                  progress, result)
-                else:
-                    _run_todo(todo, out, data_dir, device, executor, kernel, options, workers, threads, progress,
-                              result)
-            for tmp in [*out.glob(".*.tmp"), *out.glob("*.tmp")]:
-                _salvage_or_remove(tmp, out)        # of a run killed and retried elsewhere (Ray): never a log
-    except (KeyboardInterrupt, Interrupted) as e:
-        signum = getattr(e, "signum", signal.SIGINT)
-        waiting = []
-        left = sum(1 for c in expand(spec, out, waiting) if run_status(c, out) in ("todo", "corrupt")) + len(waiting)
-        raise Interrupted(signum, f"the runs in flight are logged as interrupted; {left} runs left in {out}; "
-                                  f"run the same grid command again to resume") from None
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-        _SIGNALS.clear()
+    _SIGNALS.clear()        # stop signals an earlier grid in this process received are not this grid's
+    with _stop_signals(_stop_signal):
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            with GridLock(out):
+                _run_passes(spec, out, data_dir, device, retry_failed, executor, kernel, options, workers, threads,
+                            gpus_per_run, progress, result)
+        except (KeyboardInterrupt, Interrupted) as e:
+            signum = getattr(e, "signum", signal.SIGINT)
+            waiting: list = []
+            left = sum(1 for c in expand(spec, out, waiting) if run_status(c, out) in ("todo", "corrupt"))
+            left += len(waiting)
+            raise Interrupted(signum, f"the runs in flight are logged as interrupted; {left} runs left in {out}; "
+                                      f"run the same grid command again to resume") from None
     return result
+
+
+def _run_passes(spec, out, data_dir, device, retry_failed, executor, kernel, options, workers, threads,
+                gpus_per_run, progress, result) -> None:
+    """The grid's work under its lock: expand, run what is todo, and expand again until an edge extension adds
+    nothing; ``result`` gets each config's status."""
+    for tmp in [*out.glob(".*.tmp"), *out.glob(".*.tmp.ipynb"), *out.glob("*.tmp")]:
+        _salvage_or_remove(tmp, out)        # debris of a killed run: never a log (globs overlap)
+    first = True
+    while True:
+        waiting: list = []
+        configs = expand(spec, out, waiting)
+        status = {run_id(c): run_status(c, out) for c in configs}     # each log read once per pass
+        _refuse_corrupt(configs, out, status)
+        for rid, st in status.items():
+            result.setdefault(rid, st)
+        todo = [c for c in configs if status[run_id(c)] == "todo"
+                or (retry_failed and first and status[run_id(c)] == "failed")]
+        if first or todo:
+            print(f"grid {spec['name']}: {len(configs)} runs, {len(configs) - len(todo)} already logged, "
+                  f"{len(todo)} to run → {out}" + (f" ({workers} workers, {executor})" if workers > 1 else "")
+                  + (f"; {len(waiting)} wait for their lr sweep ({_cells(waiting)})" if waiting else ""),
+                  flush=True)
+        if first and todo:
+            _warn_slow_bf16(todo, device)
+        if not todo:
+            break
+        first = False
+        if executor == "ray":
+            _run_todo_ray(todo, out, data_dir, device, options, workers, threads or 1, gpus_per_run,
+                          progress, result)
+        else:
+            _run_todo(todo, out, data_dir, device, executor, kernel, options, workers, threads, progress,
+                      result)
+    for tmp in [*out.glob(".*.tmp"), *out.glob("*.tmp")]:
+        _salvage_or_remove(tmp, out)        # of a run killed and retried elsewhere (Ray): never a log
 
 
 def _grid_options(spec: dict, workers, executor, threads, gpus_per_run, kernel: str) -> tuple:
@@ -552,44 +572,43 @@ def _run_todo(todo, out, data_dir, device, executor, kernel, options, workers, t
         return
     from concurrent.futures import FIRST_COMPLETED, wait
     from concurrent.futures.process import BrokenProcessPool
-    in_main = threading.current_thread() is threading.main_thread()
-    old = {s: signal.signal(s, _note_signal) for s in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
-    pool, pending, procs = None, {}, []
-    try:
-        pool = _worker_pool(workers, threads, device)
-        pending = {pool.submit(_execute, c, str(out), data_dir, device, executor, kernel, options, threads): c
-                   for c in todo}
-        procs = list((pool._processes or {}).values())   # a spawn pool starts them all at the first submit
-        while pending:
-            done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)   # a timeout: polls for signals
-            if _SIGNALS:
+    # While the pool runs a signal is only noted and the wait loop raises it: raised from the handler, it could
+    # land inside concurrent.futures (holding a future's lock) and the pool's shutdown would wait forever.
+    with _stop_signals(_note_signal):
+        pool, pending, procs = None, {}, []
+        try:
+            pool = _worker_pool(workers, threads, device)
+            pending = {pool.submit(_execute, c, str(out), data_dir, device, executor, kernel, options, threads): c
+                       for c in todo}
+            procs = list((pool._processes or {}).values())   # a spawn pool starts them all at the first submit
+            while pending:
+                done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)   # a timeout: polls for signals
+                if _SIGNALS:
+                    raise Interrupted(_SIGNALS[0])
+                for f in done:
+                    cfg = pending.pop(f)
+                    try:
+                        result[run_id(cfg)] = f.result()
+                    except BrokenProcessPool:
+                        stopped = (128 + signal.SIGTERM, 128 + signal.SIGINT)   # a worker told to stop logs, then exits
+                        for p in procs:
+                            p.join(0.1)             # the pool's thread may be reaping them: read settled exit codes
+                        if all(p.exitcode in (None, 0, *stopped) for p in procs):
+                            raise Interrupted(signal.SIGTERM) from None      # a signal to a worker alone stops the grid
+                        raise UserError(f"a grid worker died (killed?) while running {run_id(cfg)}; finished runs are "
+                                        f"logged, run the same grid command again to resume") from None
+                    tqdm.write(_summary(_own_log(cfg, out)))
+                    bar.update(1)
+            if _SIGNALS:                    # came after the last poll: the grid must not go on to an edge extension
                 raise Interrupted(_SIGNALS[0])
-            for f in done:
-                cfg = pending.pop(f)
-                try:
-                    result[run_id(cfg)] = f.result()
-                except BrokenProcessPool:
-                    stopped = (128 + signal.SIGTERM, 128 + signal.SIGINT)   # a worker told to stop logs, then exits
-                    for p in procs:
-                        p.join(0.1)             # the pool's thread may be reaping them: read settled exit codes
-                    if all(p.exitcode in (None, 0, *stopped) for p in procs):
-                        raise Interrupted(signal.SIGTERM) from None      # a signal to a worker alone stops the grid
-                    raise UserError(f"a grid worker died (killed?) while running {run_id(cfg)}; finished runs are "
-                                    f"logged, run the same grid command again to resume") from None
-                tqdm.write(_summary(_own_log(cfg, out)))
-                bar.update(1)
-        if _SIGNALS:                    # came after the last poll: the grid must not go on to an edge extension
-            raise Interrupted(_SIGNALS[0])
-    finally:
-        bar.close()
-        if pending:                      # interrupted or a worker died: stop the runs in flight
-            for f in pending:
-                f.cancel()
-            _stop_workers(procs)
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        for s, handler in old.items():
-            signal.signal(s, handler)
+        finally:
+            bar.close()
+            if pending:                      # interrupted or a worker died: stop the runs in flight
+                for f in pending:
+                    f.cancel()
+                _stop_workers(procs)
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _stop_workers(procs: list) -> None:
@@ -639,61 +658,73 @@ def _run_todo_ray(todo, out, data_dir, device, options, workers, threads, gpus_p
     if device is not None and device.startswith("cuda") and (device != "cuda" or gpus_per_run == 0):
         raise UserError(f"device {device!r} with executor 'ray': Ray gives each run its GPU; valid: --gpus-per-run "
                         f"N (a fraction packs runs on a card) and no --device, or --device cpu")
-    started = False
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            from .provenance import code_state
-            code = code_state()
-            env = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "TRANSFORMERS_", "HARNESS_"))}
-            env.update(HARNESS_GIT_COMMIT=code["git_commit"] or "", HARNESS_GIT_DIRTY="1" if code["git_dirty"] else "0")
-            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False, configure_logging=False,
-                     runtime_env={"env_vars": env})
-        else:
-            ray.init(num_cpus=workers * threads, num_gpus=len(visible_gpus()) if device != "cpu" else 0,
-                     include_dashboard=False, log_to_driver=False, configure_logging=False,
-                     object_store_memory=100 * 2**20)
-            started = True
-    try:
+    # As with the process pool, a signal is only noted and the wait loop raises it.  The block holds ray.init
+    # too, so that the SIGTERM handler it installs goes with the block.
+    with _stop_signals(_note_signal):
+        started = _ray_start(ray, workers, threads, device)
         if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGTERM, signal.SIGINT):     # ray.init installs its own SIGTERM handler
-                signal.signal(s, _stop_signal)
-        _check_ray_resources(ray, threads, gpus_per_run)
-        if gpus_per_run == 0:
-            device = "cpu"          # a task without a GPU reservation must not take one
-        task = ray.remote(num_cpus=threads, num_gpus=gpus_per_run, max_retries=RAY_RETRIES, retry_exceptions=False,
-                          max_calls=1)(_ray_execute)
-        todo = sorted(todo, key=lambda c: -c["epochs"])      # longest first, as the process pool does
-        pending = {task.options(name=run_id(c)).remote(c, str(out), data_dir, device, options, threads): c
-                   for c in todo}
-        bar = tqdm(total=len(todo), desc=f"grid {out.name} (ray)", disable=not progress, dynamic_ncols=True)
+            signal.signal(signal.SIGTERM, _note_signal)     # ray.init installed its own
         try:
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)   # a timeout: signals reach the driver
-                for ref in done:
-                    cfg = pending.pop(ref)
-                    try:
-                        result[run_id(cfg)] = ray.get(ref)
-                    except ray.exceptions.RayError as e:     # its worker died RAY_RETRIES + 1 times, or Ray failed
-                        if _own_log(cfg, out) is None:
-                            write_json_atomic(out / f"{run_id(cfg)}.json", failure_log(
-                                cfg, f"Ray: {type(e).__name__}: {_last_line(e)}", 0.0))
-                        result[run_id(cfg)] = "failed"
-                    tqdm.write(_summary(_own_log(cfg, out)))
-                    bar.update(1)
-        except (KeyboardInterrupt, Interrupted):
-            for ref in pending:
-                ray.cancel(ref, force=True)
-            ray.wait(list(pending), num_returns=len(pending), timeout=15)   # let the killed tasks end
-            for cfg in pending.values():     # a task may have written its log just before the cancel: kept
-                if _own_log(cfg, out) is None:
-                    write_json_atomic(out / f"{run_id(cfg)}.json", failure_log(
-                        cfg, "interrupted (Ray task cancelled)", 0.0, "interrupted"))
-            raise
+            _check_ray_resources(ray, threads, gpus_per_run)
+            if gpus_per_run == 0:
+                device = "cpu"          # a task without a GPU reservation must not take one
+            task = ray.remote(num_cpus=threads, num_gpus=gpus_per_run, max_retries=RAY_RETRIES, retry_exceptions=False,
+                              max_calls=1)(_ray_execute)
+            todo = sorted(todo, key=lambda c: -c["epochs"])      # longest first, as the process pool does
+            pending = {task.options(name=run_id(c)).remote(c, str(out), data_dir, device, options, threads): c
+                       for c in todo}
+            bar = tqdm(total=len(todo), desc=f"grid {out.name} (ray)", disable=not progress, dynamic_ncols=True)
+            try:
+                while pending:
+                    done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)   # a timeout: polls for signals
+                    if _SIGNALS:
+                        raise Interrupted(_SIGNALS[0])
+                    for ref in done:
+                        cfg = pending.pop(ref)
+                        try:
+                            result[run_id(cfg)] = ray.get(ref)
+                        except ray.exceptions.RayError as e:     # its worker died RAY_RETRIES + 1 times, or Ray failed
+                            if _own_log(cfg, out) is None:
+                                write_json_atomic(out / f"{run_id(cfg)}.json", failure_log(
+                                    cfg, f"Ray: {type(e).__name__}: {_last_line(e)}", 0.0))
+                            result[run_id(cfg)] = "failed"
+                        tqdm.write(_summary(_own_log(cfg, out)))
+                        bar.update(1)
+                if _SIGNALS:                # came after the last poll: the grid must not go on to an edge extension
+                    raise Interrupted(_SIGNALS[0])
+            except (KeyboardInterrupt, Interrupted):
+                for ref in pending:
+                    ray.cancel(ref, force=True)
+                ray.wait(list(pending), num_returns=len(pending), timeout=15)   # let the killed tasks end
+                for cfg in pending.values():     # a task may have written its log just before the cancel: kept
+                    if _own_log(cfg, out) is None:
+                        write_json_atomic(out / f"{run_id(cfg)}.json", failure_log(
+                            cfg, "interrupted (Ray task cancelled)", 0.0, "interrupted"))
+                raise
+            finally:
+                bar.close()
         finally:
-            bar.close()
-    finally:
-        if started:
-            ray.shutdown()
+            if started:
+                ray.shutdown()
+
+
+def _ray_start(ray, workers: int, threads: int, device: str | None) -> bool:
+    """Connect to $RAY_ADDRESS (its workers get the driver's HF_*, TRANSFORMERS_* and HARNESS_* variables and
+    commit) or start a local instance of ``workers`` × ``threads`` CPUs and the visible GPUs; True if started
+    here (so shut down at the end).  Nothing when Ray is already initialised."""
+    if ray.is_initialized():
+        return False
+    if os.environ.get("RAY_ADDRESS"):
+        from .provenance import code_state
+        code = code_state()
+        env = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "TRANSFORMERS_", "HARNESS_"))}
+        env.update(HARNESS_GIT_COMMIT=code["git_commit"] or "", HARNESS_GIT_DIRTY="1" if code["git_dirty"] else "0")
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False, configure_logging=False,
+                 runtime_env={"env_vars": env})
+        return False
+    ray.init(num_cpus=workers * threads, num_gpus=len(visible_gpus()) if device != "cpu" else 0,
+             include_dashboard=False, log_to_driver=False, configure_logging=False, object_store_memory=100 * 2**20)
+    return True
 
 
 def _check_ray_resources(ray, threads: int, gpus_per_run: float) -> None:

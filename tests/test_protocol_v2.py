@@ -3,6 +3,7 @@ plumbing (edge extension, lr_from), the statistics, and the compact factor files
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -83,23 +84,34 @@ def test_lr_ladder_continues_the_one_three_sequence():
     assert _ladder(1e-4, False) == 3e-5 and _ladder(3e-5, False) == 1e-5
 
 
-def test_edge_extension_and_lr_from_follow_the_sweep_logs(tmp_path):
-    sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(f"preset: smoke\nout_dir: {tmp_path / 'sw'}\ntasks: [mrpc]\nmethods: [random]\nseeds: [0]\n"
-                     "extend_lr_edges: 1\noverrides: {val_fraction: 0.2}\nvary: {lr: [0.001, 0.003]}\n")
-    final = tmp_path / "final.yaml"
+def _sweep_and_final(tmp_path, methods: str, lrs: str, extra: str = ""):
+    """A smoke sweep spec (seed 0, one edge extension per side) and a final spec taking its lrs (seeds 0, 1):
+    (sweep path, final path, the sweep's log directory, made)."""
+    sweep, final, out = tmp_path / "sweep.yaml", tmp_path / "final.yaml", tmp_path / "sw"
+    sweep.write_text(f"preset: smoke\nout_dir: {out}\ntasks: [mrpc]\nmethods: {methods}\nseeds: [0]\n"
+                     f"extend_lr_edges: 1\nvary: {{lr: {lrs}}}\n{extra}")
     final.write_text(f"preset: smoke\nout_dir: {tmp_path / 'fin'}\nlr_from: {sweep}\ntasks: [mrpc]\n"
-                     "methods: [random]\nseeds: [0, 1]\noverrides: {val_fraction: 0.2}\n")
-    spec, out = load_spec(sweep), tmp_path / "sw"
+                     f"methods: {methods}\nseeds: [0, 1]\n{extra}")
     out.mkdir()
+    return sweep, final, out
+
+
+def _sweep_log(out, cfg: dict, val: float) -> None:
+    """A sweep run's ok log with final validation metric ``val``."""
+    write_json_atomic(out / f"{run_id(cfg)}.json", {**_log("mrpc", cfg["method"], cfg["lr"], val),
+                                                    "run_id": run_id(cfg), "config": cfg, "config_hash": config_hash(cfg),
+                                                    "history": {}, "env": {}, "data": {}})
+
+
+def test_edge_extension_and_lr_from_follow_the_sweep_logs(tmp_path):
+    sweep, final, out = _sweep_and_final(tmp_path, "[random]", "[0.001, 0.003]", "overrides: {val_fraction: 0.2}\n")
+    spec = load_spec(sweep)
     cfgs = expand(spec, out)
     assert [c["lr"] for c in cfgs] == [1e-3, 3e-3]                     # nothing logged: no extension yet
     with pytest.raises(UserError, match="not finished"):
         expand(load_spec(final))
 
-    def log(cfg, val):
-        write_json_atomic(out / f"{run_id(cfg)}.json", {**_log("mrpc", "random", cfg["lr"], val), "run_id": run_id(cfg),
-                          "config": cfg, "config_hash": config_hash(cfg), "history": {}, "env": {}, "data": {}})
+    log = partial(_sweep_log, out)
     log(cfgs[0], 0.6)
     log(cfgs[1], 0.7)                                                  # best at the upper edge → one more rate
     ext = expand(spec, out)
@@ -112,19 +124,10 @@ def test_edge_extension_and_lr_from_follow_the_sweep_logs(tmp_path):
 def test_lr_from_runs_the_cells_whose_sweep_is_finished_and_lists_the_rest_as_waiting(tmp_path, capsys,
                                                                                      glue_fixture):
     from harness.__main__ import main
-    sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(f"preset: smoke\nout_dir: {tmp_path / 'sw'}\ntasks: [mrpc]\nmethods: [random, svd]\n"
-                     "seeds: [0]\nextend_lr_edges: 1\nvary: {lr: [0.001, 0.003, 0.01]}\n")
-    final = tmp_path / "final.yaml"
-    final.write_text(f"preset: smoke\nout_dir: {tmp_path / 'fin'}\nlr_from: {sweep}\ntasks: [mrpc]\n"
-                     "methods: [random, svd]\nseeds: [0, 1]\n")
-    out = tmp_path / "sw"
-    out.mkdir()
+    sweep, final, out = _sweep_and_final(tmp_path, "[random, svd]", "[0.001, 0.003, 0.01]")
     for cfg, val in zip(expand(load_spec(sweep), out), [0.6, 0.7, 0.65, 0.6, 0.6, 0.7]):
         if cfg["method"] == "random" or cfg["lr"] != 0.01:     # svd's last rate is still to run
-            write_json_atomic(out / f"{run_id(cfg)}.json", {**_log("mrpc", cfg["method"], cfg["lr"], val),
-                              "run_id": run_id(cfg), "config": cfg, "config_hash": config_hash(cfg),
-                              "history": {}, "env": {}, "data": {}})
+            _sweep_log(out, cfg, val)
     with pytest.raises(UserError, match="not finished for mrpc svd"):
         expand(load_spec(final))
     waiting = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -211,6 +212,39 @@ def test_a_ray_worker_killed_mid_run_is_retried_and_the_grid_finishes(process_lo
     check = subprocess.run([sys.executable, "-m", "harness", "check", str(out)], cwd=ROOT, env=subprocess_env,
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+    for rid, ref in process_logs.items():
+        log = json.loads((out / f"{rid}.json").read_text())
+        assert log["status"] == "ok" and log["final"] == ref["final"], rid
+
+
+def test_sigterm_stops_a_ray_grid_in_one_line_and_a_rerun_finishes_it(process_logs, glue, tmp_path,
+                                                                      subprocess_env):
+    """The driver only notes the signal and its wait loop raises it (as with the process pool): the tasks are
+    cancelled, the runs in flight logged as interrupted, and a plain rerun gives the clean run's logs."""
+    pytest.importorskip("ray")
+    spec, out = _ray_spec(tmp_path), tmp_path / "o"
+    cmd = [sys.executable, "-m", "harness", "grid", str(spec), "--data-dir", str(glue), "--out-dir", str(out),
+           "--executor", "ray", "--workers", "2", "--threads", "1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not _ray_task_pids(set(process_logs)) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        time.sleep(0.5)                      # into the runs
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    errors = [ln for ln in re.split(r"[\r\n]", stderr) if ln.strip() and "%|" not in ln]     # less the bar
+    assert proc.returncode == 128 + signal.SIGTERM, stdout[-1000:] + stderr[-2000:]
+    assert len(errors) == 1 and errors[0].startswith("interrupted (SIGTERM): ") and "Traceback" not in stderr, errors
+    statuses = {q.stem: json.loads(q.read_text())["status"] for q in out.glob("*.json")}
+    assert "interrupted" in statuses.values() and set(statuses.values()) <= {"ok", "interrupted"}, statuses
+    rerun = subprocess.run(cmd, cwd=ROOT, env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and rerun.stdout.strip().endswith("6 done, 0 failed"), rerun.stdout + rerun.stderr
     for rid, ref in process_logs.items():
         log = json.loads((out / f"{rid}.json").read_text())
         assert log["status"] == "ok" and log["final"] == ref["final"], rid
