@@ -282,7 +282,11 @@ def _dispatch(args, created: list) -> int:
                           out_dir=args.out_dir, workers=args.workers, executor=args.executor, threads=args.threads,
                           gpus_per_run=args.gpus_per_run, allow_dirty=args.allow_dirty)
         failed = [k for k, v in result.items() if v != "done"]
-        print(f"{len(result) - len(failed)} done, {len(failed)} failed")
+        from .grid import expand
+        waiting: list = []
+        expand(spec, grid_out_dir(spec, args.out_dir), waiting)
+        print(f"{len(result) - len(failed)} done, {len(failed)} failed"
+              + (f", {len(waiting)} waiting for their lr sweep: run this grid again after it" if waiting else ""))
         return 1 if failed else 0
     if args.cmd == "status":
         from .validate import MAX_CONFIGS, load_spec

@@ -316,13 +316,19 @@ def grid_status_table():
     import pandas as pd
 
     from .grid import expand, load_spec, run_status
+    from .tasks import UserError
 
     rows = []
     for spec_path in sorted((ROOT / "configs").glob("*.yaml")):
         spec = load_spec(spec_path)
         out = logs_root() / Path(spec.get("out_dir") or spec["name"]).name
         counts, waiting = {"done": 0, "failed": 0, "todo": 0}, []
-        for cfg in expand(spec, None, waiting):     # a final grid's cells whose lr sweep is unfinished wait
+        try:
+            configs = expand(spec, None, waiting)     # a final grid's cells whose lr sweep is unfinished wait
+        except UserError as e:                        # its sweep cannot give a cell's lr: say why, in its row
+            rows.append(dict(grid=spec_path.name, runs=None, done=0, failed=0, todo=None, note=str(e)))
+            continue
+        for cfg in configs:
             counts[run_status(cfg, out)] += 1
         note = f"{len(waiting)} wait for their lr sweep ({spec.get('lr_from')})" if waiting else ""
         rows.append(dict(grid=spec_path.name, runs=sum(counts.values()) + len(waiting), **counts, note=note))

@@ -203,11 +203,16 @@ class Interrupted(BaseException):
         super().__init__(signal.Signals(signum).name)
         self.signum, self.message = int(signum), message
 
+    def __reduce__(self):       # a worker may hand one to the grid process, pickled
+        return Interrupted, (self.signum, self.message)
+
 
 _IN_RUN = False             # set while a config executes in this process
 _IN_WORKER = False          # set in a grid's pool worker (by _worker_init)
 _SIGNALS: list[int] = []    # the stop signals this process received while a grid (or a worker's run) ran
-STOP_GRACE_S = 20.0         # a stopped grid's workers have this long to log their runs as interrupted, then are killed
+KERNEL_KILL_S = 30.0        # how long a stopped notebook run keeps killing its kernel (one may still be starting)
+STOP_GRACE_S = 40.0         # a stopped grid's workers have this long to log their runs as interrupted, then are
+                            # killed: longer than KERNEL_KILL_S, so that no worker dies leaving its kernel behind
 
 
 def _stop_signal(signum, frame):
@@ -258,8 +263,8 @@ def _execute(cfg: dict, out: str, data_dir: str | None, device: str | None, exec
         return "interrupted"
     out = Path(out)
     rid, t0 = run_id(cfg), time.time()
-    _IN_RUN = True
     try:
+        _IN_RUN = True          # inside the try: a signal from here on is the run's, and the finally resets it
         if threads:
             import torch
             torch.set_num_threads(threads)
@@ -337,7 +342,7 @@ def _execute_notebook(cfg, out: Path, data_dir, device, kernel, options, t0) -> 
                               failure_log(cfg, f"{type(e).__name__}: {_last_line(e)}", time.time() - t0))
     except (KeyboardInterrupt, Interrupted):
         _quiet_papermill()
-        deadline = time.time() + 30
+        deadline = time.time() + KERNEL_KILL_S
         while not finished.is_set() and time.time() < deadline:     # a kernel may still be starting
             _kill_kernels(kernels)
             finished.wait(0.2)
@@ -454,21 +459,34 @@ def run_grid(spec: dict, data_dir: str | None = None, device: str | None = None,
     options = {"save_factors": bool(spec.get("save_factors", True)),
                "compact_factors": bool(spec.get("compact_factors", False))}
     result: dict[str, str] = {}
-    _SIGNALS.clear()        # stop signals an earlier grid in this process received are not this grid's
-    with _stop_signals(_stop_signal):
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            with GridLock(out):
-                _run_passes(spec, out, data_dir, device, retry_failed, executor, kernel, options, workers, threads,
-                            gpus_per_run, progress, result)
-        except (KeyboardInterrupt, Interrupted) as e:
-            signum = getattr(e, "signum", signal.SIGINT)
-            waiting: list = []
-            left = sum(1 for c in expand(spec, out, waiting) if run_status(c, out) in ("todo", "corrupt"))
-            left += len(waiting)
-            raise Interrupted(signum, f"the runs in flight are logged as interrupted; {left} runs left in {out}; "
-                                      f"run the same grid command again to resume") from None
+    _SIGNALS.clear()
+    try:
+        with _stop_signals(_stop_signal):
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                with GridLock(out):
+                    _run_passes(spec, out, data_dir, device, retry_failed, executor, kernel, options, workers,
+                                threads, gpus_per_run, progress, result)
+                if _SIGNALS:        # noted while the pool or Ray shut down after the last run: still a stop
+                    raise Interrupted(_SIGNALS[0])
+            except (KeyboardInterrupt, Interrupted) as e:
+                raise Interrupted(getattr(e, "signum", signal.SIGINT),
+                                  f"the runs in flight are logged as interrupted; {_runs_left(spec, out)} runs left "
+                                  f"in {out}; run the same grid command again to resume") from None
+    finally:
+        _SIGNALS.clear()
     return result
+
+
+def _runs_left(spec: dict, out: Path) -> str:
+    """How many of a grid's configs are still to run (waiting cells included), for the stop message; '?' when the
+    logs or the lr sweep cannot be read (the stop must still be reported as a stop)."""
+    try:
+        waiting: list = []
+        todo = sum(1 for c in expand(spec, out, waiting) if run_status(c, out) in ("todo", "corrupt"))
+        return str(todo + len(waiting))
+    except (UserError, CorruptLogs, OSError):
+        return "?"
 
 
 def _run_passes(spec, out, data_dir, device, retry_failed, executor, kernel, options, workers, threads,
@@ -479,6 +497,8 @@ def _run_passes(spec, out, data_dir, device, retry_failed, executor, kernel, opt
         _salvage_or_remove(tmp, out)        # debris of a killed run: never a log (globs overlap)
     first = True
     while True:
+        if _SIGNALS:                # noted while the previous pass's pool or Ray shut down
+            raise Interrupted(_SIGNALS[0])
         waiting: list = []
         configs = expand(spec, out, waiting)
         status = {run_id(c): run_status(c, out) for c in configs}     # each log read once per pass
@@ -590,25 +610,43 @@ def _run_todo(todo, out, data_dir, device, executor, kernel, options, workers, t
                     try:
                         result[run_id(cfg)] = f.result()
                     except BrokenProcessPool:
-                        stopped = (128 + signal.SIGTERM, 128 + signal.SIGINT)   # a worker told to stop logs, then exits
-                        for p in procs:
-                            p.join(0.1)             # the pool's thread may be reaping them: read settled exit codes
-                        if all(p.exitcode in (None, 0, *stopped) for p in procs):
-                            raise Interrupted(signal.SIGTERM) from None      # a signal to a worker alone stops the grid
+                        if _stopped_by_a_signal(procs):     # a signal to a worker alone stops the grid too
+                            raise Interrupted(signal.SIGTERM) from None
                         raise UserError(f"a grid worker died (killed?) while running {run_id(cfg)}; finished runs are "
                                         f"logged, run the same grid command again to resume") from None
                     tqdm.write(_summary(_own_log(cfg, out)))
                     bar.update(1)
             if _SIGNALS:                    # came after the last poll: the grid must not go on to an edge extension
                 raise Interrupted(_SIGNALS[0])
+        except BaseException:               # interrupted or a worker died: stop the runs in flight, and every
+            for f in pending:               # worker (one may be left in a state where the pool cannot end it)
+                f.cancel()
+            _stop_workers(procs)
+            raise
         finally:
             bar.close()
-            if pending:                      # interrupted or a worker died: stop the runs in flight
-                for f in pending:
-                    f.cancel()
-                _stop_workers(procs)
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
+
+
+STOP_EXIT_CODES = {128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM, -signal.SIGINT}
+
+
+def _stopped_by_a_signal(procs: list) -> bool:
+    """Whether a broken pool's workers ended on a stop signal (a worker told to stop logs its run, then exits
+    128 + signum; one signalled before its handlers were set dies of it): some did, and none ended otherwise
+    (a SIGKILL, the OOM killer, a crash).  An exit code is read once settled: the pool's own thread may be
+    reaping the same process, and the reader that loses that race sees None for a moment."""
+    from multiprocessing.connection import wait as ready
+    codes = []
+    for p in procs:
+        dead = bool(ready([p.sentinel], timeout=0.1))
+        code, deadline = p.exitcode, time.time() + 2
+        while code is None and dead and time.time() < deadline:
+            time.sleep(0.02)
+            code = p.exitcode
+        codes.append(code)
+    return any(c in STOP_EXIT_CODES for c in codes) and all(c is None or c in STOP_EXIT_CODES for c in codes)
 
 
 def _stop_workers(procs: list) -> None:
@@ -661,7 +699,11 @@ def _run_todo_ray(todo, out, data_dir, device, options, workers, threads, gpus_p
     # As with the process pool, a signal is only noted and the wait loop raises it.  The block holds ray.init
     # too, so that the SIGTERM handler it installs goes with the block.
     with _stop_signals(_note_signal):
-        started = _ray_start(ray, workers, threads, device)
+        try:
+            started = _ray_start(ray, workers, threads, device)
+        except SystemExit:      # Ray's own SIGTERM handler, live while ray.init starts the node
+            ray.shutdown()
+            raise Interrupted(signal.SIGTERM) from None
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _note_signal)     # ray.init installed its own
         try:

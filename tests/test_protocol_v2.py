@@ -98,9 +98,9 @@ def _sweep_and_final(tmp_path, methods: str, lrs: str, extra: str = ""):
 
 def _sweep_log(out, cfg: dict, val: float) -> None:
     """A sweep run's ok log with final validation metric ``val``."""
-    write_json_atomic(out / f"{run_id(cfg)}.json", {**_log("mrpc", cfg["method"], cfg["lr"], val),
-                                                    "run_id": run_id(cfg), "config": cfg, "config_hash": config_hash(cfg),
-                                                    "history": {}, "env": {}, "data": {}})
+    log = {**_log("mrpc", cfg["method"], cfg["lr"], val), "run_id": run_id(cfg), "config": cfg,
+           "config_hash": config_hash(cfg), "history": {}, "env": {}, "data": {}}
+    write_json_atomic(out / f"{run_id(cfg)}.json", log)
 
 
 def test_edge_extension_and_lr_from_follow_the_sweep_logs(tmp_path):
@@ -140,10 +140,10 @@ def test_lr_from_runs_the_cells_whose_sweep_is_finished_and_lists_the_rest_as_wa
     assert lines[-1] == "2 todo, 2 waiting" and sum(ln.startswith("waiting mrpc svd seed") for ln in lines) == 2
     from harness.analysis.base import coverage
     assert coverage(final) == {"logged": 0, "failed": 0, "todo": 2, "waiting": 2, "total": 4}
-    from harness.grid import run_grid
-    result = run_grid(load_spec(final), str(glue_fixture), "cpu", executor="process", progress=False)
-    assert sorted(result) == sorted(run_id(c) for c in ready) and set(result.values()) == {"done"}
-    assert "2 wait for their lr sweep (mrpc svd)" in capsys.readouterr().out
+    assert main(["grid", str(final), "--data-dir", str(glue_fixture), "--executor", "process", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("; 2 wait for their lr sweep (mrpc svd)"), lines[0]
+    assert lines[-1].startswith("2 done, 0 failed, 2 waiting for their lr sweep"), lines[-1]
     assert coverage(final) == {"logged": 2, "failed": 0, "todo": 0, "waiting": 2, "total": 4}
 
 

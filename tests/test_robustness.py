@@ -551,6 +551,49 @@ def test_a_worker_stopped_in_a_run_logs_it_then_exits_even_if_signalled_twice(su
     assert json.loads(log.read_text())["status"] == "interrupted"
 
 
+def test_interrupted_survives_pickling_as_a_workers_exception():
+    import pickle
+
+    from harness.grid import Interrupted
+    e = pickle.loads(pickle.dumps(Interrupted(signal.SIGTERM, "left")))
+    assert isinstance(e, Interrupted) and (e.signum, e.message, str(e)) == (signal.SIGTERM, "left", "SIGTERM")
+
+
+def test_a_broken_pool_is_a_stop_only_if_its_workers_ended_on_a_stop_signal():
+    import multiprocessing as mp
+
+    from harness.grid import _stopped_by_a_signal
+    ctx = mp.get_context("spawn")
+
+    def ended(code):
+        p = ctx.Process(target=os._exit, args=(code,)) if code >= 0 else ctx.Process(target=time.sleep, args=(60,))
+        p.start()
+        if code < 0:
+            p.kill()
+        p.join(30)
+        return p
+
+    stopped, killed, clean = ended(128 + signal.SIGTERM), ended(-9), ended(0)
+    assert (stopped.exitcode, killed.exitcode, clean.exitcode) == (143, -9, 0)
+    assert _stopped_by_a_signal([stopped]) and _stopped_by_a_signal([stopped, ended(128 + signal.SIGINT)])
+    assert not _stopped_by_a_signal([stopped, killed])          # the OOM killer's victim is not a stop
+    assert not _stopped_by_a_signal([clean])                    # a pool broken without any signal is not either
+
+
+def test_a_signal_noted_while_the_pool_shuts_down_still_stops_the_grid(monkeypatch, glue, tmp_path):
+    """Noted (not raised) once the pool's wait loop is over, it must not let the grid end as if nothing came."""
+    import harness.grid as g
+    from harness.validate import load_spec
+
+    def last_run_then_signal(todo, out, *args):
+        g._SIGNALS.append(signal.SIGTERM)      # as _note_signal does during pool.shutdown
+    monkeypatch.setattr(g, "_run_todo", last_run_then_signal)
+    spec = load_spec(smoke_spec(tmp_path / "s.yaml"))
+    with pytest.raises(g.Interrupted) as e:
+        g.run_grid(spec, str(glue), "cpu", out_dir=str(tmp_path / "o"), executor="process", progress=False)
+    assert e.value.signum == signal.SIGTERM and "1 runs left" in e.value.message and not g._SIGNALS
+
+
 def test_stopping_the_workers_kills_one_that_ignores_sigterm_after_the_grace(monkeypatch):
     import multiprocessing as mp
 
