@@ -324,7 +324,7 @@ def grid_status_table():
         out = logs_root() / Path(spec.get("out_dir") or spec["name"]).name
         counts, waiting = {"done": 0, "failed": 0, "todo": 0}, []
         try:
-            configs = expand(spec, None, waiting)     # a final grid's cells whose lr sweep is unfinished wait
+            configs = expand(spec, out, waiting)      # edge extensions counted; cells whose lr sweep is unfinished wait
         except UserError as e:                        # its sweep cannot give a cell's lr: say why, in its row
             rows.append(dict(grid=spec_path.name, runs=None, done=0, failed=0, todo=None, note=str(e)))
             continue
