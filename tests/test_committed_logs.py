@@ -26,7 +26,7 @@ GRIDS = sorted(p.name for p in (ROOT / "logs").iterdir() if p.is_dir() and (ROOT
 @pytest.mark.parametrize("grid", GRIDS)
 def test_every_committed_log_belongs_to_its_grid_spec(grid):
     spec = load_spec(ROOT / "configs" / f"{grid}.yaml")
-    cfgs = {run_id(c): c for c in expand(spec, ROOT / "logs" / grid)}
+    cfgs = {run_id(c): c for c in expand(spec, ROOT / "logs" / grid, [])}     # a waiting cell has no logs yet
     logs = sorted((ROOT / "logs" / grid).glob("*.json"))
     if not logs and grid in IN_PROGRESS:
         pytest.skip(f"logs/{grid}: no run logged yet")
