@@ -315,23 +315,21 @@ def grid_status_table():
     """For every grid spec in configs/: how many of its runs are logged, failed, still to run."""
     import pandas as pd
 
-    from .grid import expand, load_spec, run_status
+    from .grid import grid_counts, load_spec
     from .tasks import UserError
 
     rows = []
     for spec_path in sorted((ROOT / "configs").glob("*.yaml")):
         spec = load_spec(spec_path)
         out = logs_root() / Path(spec.get("out_dir") or spec["name"]).name
-        counts, waiting = {"done": 0, "failed": 0, "todo": 0}, []
         try:
-            configs = expand(spec, out, waiting)      # edge extensions counted; cells whose lr sweep is unfinished wait
-        except UserError as e:                        # its sweep cannot give a cell's lr: say why, in its row
+            n = grid_counts(spec, out)      # edge extensions counted; cells whose lr sweep is unfinished wait
+        except UserError as e:              # its sweep cannot give a cell's lr: say why, in its row
             rows.append(dict(grid=spec_path.name, runs=None, done=0, failed=0, todo=None, note=str(e)))
             continue
-        for cfg in configs:
-            counts[run_status(cfg, out)] += 1
-        note = f"{len(waiting)} wait for their lr sweep ({spec.get('lr_from')})" if waiting else ""
-        rows.append(dict(grid=spec_path.name, runs=sum(counts.values()) + len(waiting), **counts, note=note))
+        note = f"{n['waiting']} wait for their lr sweep ({spec.get('lr_from')})" if n["waiting"] else ""
+        rows.append(dict(grid=spec_path.name, runs=sum(n.values()), done=n["done"], failed=n["failed"] + n["corrupt"],
+                         todo=n["todo"], note=note))
     return pd.DataFrame(rows)
 
 

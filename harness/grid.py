@@ -174,6 +174,16 @@ def run_status(cfg: dict, out: Path) -> str:
     return "done" if log["status"] == "ok" else "failed"
 
 
+def grid_counts(spec: dict, out: Path) -> dict[str, int]:
+    """How many of a spec's configs are 'done', 'failed', 'todo' and 'corrupt' in ``out`` (:func:`run_status`), and
+    'waiting' for their lr sweep (:func:`expand`); a :class:`UserError` when the sweep cannot give a cell its lr."""
+    waiting: list = []
+    counts = {"done": 0, "failed": 0, "todo": 0, "corrupt": 0}
+    for c in expand(spec, out, waiting):
+        counts[run_status(c, out)] += 1
+    return {**counts, "waiting": len(waiting)}
+
+
 def failure_log(cfg: dict, reason: str, wall: float, status: str = "failed") -> dict:
     return {"run_id": run_id(cfg), "status": status, "reason": reason, "config": cfg,
             "config_hash": config_hash(cfg), "history": {}, "final": None, "best": None, "env": {},

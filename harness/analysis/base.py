@@ -80,13 +80,11 @@ def coverage(spec_path) -> dict:
     """{"logged": ok runs, "failed": failed/interrupted, "todo": configs without a log, "waiting": configs whose
     lr sweep series is unfinished (an lr_from spec), "total": planned} of a grid spec, as ``python -m harness
     status`` counts them."""
-    from ..grid import expand, grid_out_dir, load_spec, run_status
+    from ..grid import grid_counts, grid_out_dir, load_spec
     spec = load_spec(spec_path)
-    out = grid_out_dir(spec)
-    waiting: list = []
-    status = [run_status(c, out) for c in expand(spec, out, waiting)]
-    return {"logged": status.count("done"), "failed": sum(s not in ("done", "todo") for s in status),
-            "todo": status.count("todo"), "waiting": len(waiting), "total": len(status) + len(waiting)}
+    n = grid_counts(spec, grid_out_dir(spec))
+    return {"logged": n["done"], "failed": n["failed"] + n["corrupt"], "todo": n["todo"], "waiting": n["waiting"],
+            "total": sum(n.values())}
 
 
 def sweep_progress(spec_path) -> "pd.DataFrame":
